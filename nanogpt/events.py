@@ -1,0 +1,106 @@
+"""What the training loop reports, and the observer interface that receives it.
+
+Stdlib only: the loop builds these plain dataclasses from Python numbers it
+already holds on the host (no tensors, no extra device syncs), and hands them
+to an observer. The loop never knows who listens; `nanogpt.cli` wires the
+exporter in. Field names match the keyword arguments of
+`exporter.TrainingMonitor`, so an adapter can pass `dataclasses.asdict(event)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Once, before the first iteration (after a resume too)."""
+
+    run_id: str
+    rank: int
+    world_size: int
+    start_iteration: int  # 0, or the checkpoint's iteration on resume
+    max_iterations: int
+    tokens_per_iteration: int  # per rank: batch_size * block_size * grad_accum_steps
+    model_config: dict  # n_layer, n_head, n_embd, block_size, vocab_size, dropout, bias
+    parameters: dict  # component -> count; see GPT.parameter_counts()
+    dataset: str
+    device: str
+    dtype: str
+    config: dict  # the whole TrainConfig as plain values
+    start_time: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """After every optimizer step. Cheap by design: host numbers only."""
+
+    iteration: int  # the iteration just completed
+    tokens: int  # tokens this rank trained on in this iteration
+    timestamp: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class LogPoint:
+    """At each log interval (and each eval iteration), after nanoGPT's own sync."""
+
+    iteration: int
+    loss: float  # may be nan/inf; observers must cope
+    lr: float
+    step_seconds: float  # mean wall time per iteration since the last log point, evals excluded
+    tokens_per_second: float  # this rank, over the same span
+    grad_norm: Optional[float]  # before clipping; None when clipping is off
+    mfu: Optional[float]  # 0..1, None until enough steps were timed
+    elapsed_seconds: float  # since the run (this process) started
+    timestamp: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """After estimate_loss() on rank 0."""
+
+    iteration: int
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    eval_seconds: float
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    iteration: int
+    path: str
+    seconds: float
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """Once, when the loop ends: state is "finished" or "failed"."""
+
+    iteration: int
+    state: str
+    reason: str = ""
+    timestamp: float = field(default=0.0)
+
+
+class Observer:
+    """Receives training events. Every method is a no-op; override what you need.
+
+    Calls happen on the training thread, so implementations must be fast and
+    must not raise (the exporter guards and counts its own errors).
+    """
+
+    def on_run_start(self, event: RunStart) -> None: ...
+
+    def on_iteration(self, event: Iteration) -> None: ...
+
+    def on_log(self, event: LogPoint) -> None: ...
+
+    def on_eval(self, event: EvalResult) -> None: ...
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None: ...
+
+    def on_run_end(self, event: RunEnd) -> None: ...
