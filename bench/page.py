@@ -1,0 +1,126 @@
+"""Benchmark (not a test): the live page in Chromium with a long run's history behind it.
+
+Feeds N logged points through the real exporter API in-process (TrainingMonitor.log, its
+real HTTP server), opens the page in Debian's Chromium and prints:
+
+- time to first chart: navigation start -> the first frame drawn with data (median of runs);
+- new point -> redraw: monitor.log() called -> the frame that shows that point drawn
+  (SSE push, JSON parse, requestAnimationFrame, draw), and the draw itself;
+- JS heap after loading the N points, as performance.memory reports it and after a GC.
+
+Targets (ten times better than the original design's 2 s / 500 ms / 512 MB): 200 ms, 50 ms, 51 MB.
+The exporter's default history keeps 12,000 points (10,000 recent + 2,000 thinned older), so
+the page normally loads at most that; here the history is raised to hold all N.
+
+    python bench/page.py [--points 100000] [--updates 50] [--loads 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporter import History, TrainingMonitor  # noqa: E402
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--enable-precise-memory-info"]  # exact performance.memory, not bucketed
+MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0, bias=False)
+START = 1_700_000_000.0
+
+
+def feed(monitor: TrainingMonitor, points: int) -> None:
+    """`points` logged iterations (one a second, a noisy decaying loss), an eval every 250."""
+    for i in range(points):
+        t = START + i
+        if i % 250 == 0:
+            monitor.evaluated(iteration=i, train_loss=1.5 + 2.5 / (1 + i / 2000), val_loss=1.6 + 2.5 / (1 + i / 2000))
+        loss = 1.5 + 2.5 / (1 + i / 2000) + 0.05 * ((i * 7919) % 13 - 6) / 6
+        monitor.log(iteration=i, loss=loss, lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
+                    elapsed_seconds=float(i), timestamp=t)
+
+
+def first_chart_ms(browser, url: str) -> tuple[float, float, float]:
+    """(navigation start -> first frame with data, of it the /api/history request -> first byte,
+    of it the page's own work after the history arrived), in ms (performance.now() starts at navigation)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.wait_for_function("() => window.__nanogpt && __nanogpt.firstDrawAt() !== null", timeout=120_000)
+    timing = page.evaluate("""() => {
+        const h = performance.getEntriesByType("resource").find((e) => e.name.endsWith("/api/history"));
+        return [__nanogpt.firstDrawAt(), h.responseStart - h.requestStart, __nanogpt.firstDrawAt() - h.responseEnd];
+    }""")
+    page.close()
+    return tuple(timing)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=100_000, help="logged points in the history")
+    parser.add_argument("--updates", type=int, default=50, help="live points timed for redraw latency")
+    parser.add_argument("--loads", type=int, default=5, help="page loads timed for the first chart")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("bench/page.py: chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    monitor = TrainingMonitor(run_id="bench-page", rank=0, history=History(recent=args.points + args.updates))
+    monitor.run_started(max_iterations=args.points * 2, tokens_per_iteration=768, model_config=MODEL,
+                        parameters={"total": 800_000}, dataset="bench", device="cpu", dtype="float32",
+                        start_time=START)
+    started = time.perf_counter()
+    feed(monitor, args.points)
+    print(f"fed {args.points:,} points through TrainingMonitor.log in {time.perf_counter() - started:.1f} s")
+    server = monitor.serve(host="127.0.0.1", port=0)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            loads = [first_chart_ms(browser, server.url + "/") for _ in range(args.loads)]
+
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server.url + "/")
+            page.wait_for_function(f"() => window.__nanogpt && __nanogpt.points() >= {args.points}", timeout=120_000)
+            held = page.evaluate("() => __nanogpt.points()")
+            heap_before_gc = page.evaluate("() => performance.memory.usedJSHeapSize")
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("HeapProfiler.collectGarbage")
+            heap_after_gc = cdp.send("Runtime.getHeapUsage")["usedSize"]
+
+            latencies, draws = [], []
+            for k in range(args.updates):
+                iteration = args.points + k
+                sent = time.time() * 1000
+                monitor.log(iteration=iteration, loss=1.6, lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
+                            timestamp=START + iteration)
+                page.wait_for_function(
+                    f"() => (__nanogpt.lastRedraw() || {{}}).iteration === {iteration}", polling=5)
+                redraw = page.evaluate("() => __nanogpt.lastRedraw()")
+                latencies.append(redraw["drawnAt"] - sent)
+                draws.append(page.evaluate("() => __nanogpt.lastDrawMs()"))
+            browser.close()
+    finally:
+        server.close()
+
+    def figures(values):
+        ordered = sorted(values)
+        return f"median {statistics.median(ordered):.1f} ms, p95 {ordered[int(0.95 * (len(ordered) - 1))]:.1f} ms"
+
+    print(f"page holds {held:,} points ({args.points:,} fed)")
+    print(f"time to first chart ({args.loads} loads):   {figures([t for t, _, _ in loads])}   target 200 ms")
+    print(f"  of which the server's /api/history: {figures([s for _, s, _ in loads])} to first byte")
+    print(f"  of which the page's parse + draw:   {figures([p for _, _, p in loads])} after the last byte")
+    print(f"new point -> redraw ({args.updates} points):   {figures(latencies)}   target 50 ms")
+    print(f"  of which the draw itself:          {figures(draws)}")
+    print(f"JS heap after loading:              {heap_before_gc / 2**20:.1f} MB (performance.memory), "
+          f"{heap_after_gc / 2**20:.1f} MB after GC (CDP Runtime.getHeapUsage)   target 51 MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The fallback live page: static/index.html with the current figures filled in.
+
+The HTML itself carries the headline figures as text (iteration, losses, rate,
+ETA, parameters, state, analytics), so the page is useful with JavaScript off;
+its inline script then takes over with /api/history and /api/stream. The
+template's placeholders are `{{name}}`, filled with HTML-escaped text. The
+inline <script> and <style> hold no placeholders, so their SHA-256 hashes are
+fixed and the Content-Security-Policy allows exactly them and nothing else
+inline: no CDN, no eval, no other origin.
+
+The formatters below mirror the script's (fmtLoss, fmtRate, ...) so a figure
+reads the same before and after the script updates it.
+
+Deliberately not here: routing (exporter.server) and computing the figures
+(TrainingMonitor.status and .model).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+TEMPLATE_PATH = Path(__file__).with_name("static") / "index.html"
+PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
+INLINE_CODE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+DASH = "\u2013"  # shown for a figure not known yet (or not finite)
+
+
+@dataclass(frozen=True)
+class PageTemplate:
+    """The page's HTML with placeholders, and the CSP that allows its own inline code."""
+
+    text: str
+    content_security_policy: str
+
+
+class _Html(str):
+    """A value that is already HTML (built from escaped parts): inserted as is."""
+
+
+@lru_cache(maxsize=1)
+def load_template() -> PageTemplate:
+    """Read index.html once and hash its inline script and style for the CSP."""
+    text = TEMPLATE_PATH.read_text(encoding="utf-8")
+    sources: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, code in INLINE_CODE.findall(text):
+        if PLACEHOLDER.search(code):  # a filled value would change the hash per request
+            raise ValueError(f"{TEMPLATE_PATH}: a placeholder inside <{tag}> would break its CSP hash")
+        digest = base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode()
+        sources[tag].append(f"'sha256-{digest}'")
+    policy = "; ".join([
+        "default-src 'self'",
+        "script-src " + " ".join(sources["script"]),
+        "style-src 'self' " + " ".join(sources["style"]),
+        "img-src 'self' data: blob:",  # data: for the empty favicon, blob: for the PNG export
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ])
+    return PageTemplate(text, policy)
+
+
+def render(monitor) -> tuple[bytes, dict[str, str]]:
+    """The page for the monitor's current state: (UTF-8 HTML, response headers)."""
+    template = load_template()
+    values = page_values(monitor.status() or {}, monitor.model())
+
+    def fill(match: re.Match) -> str:
+        value = values[match.group(1)]  # a KeyError here is a typo in index.html: tests catch it
+        return value if isinstance(value, _Html) else html.escape(value, quote=True)
+
+    body = PLACEHOLDER.sub(fill, template.text).encode("utf-8")
+    headers = {
+        "Content-Security-Policy": template.content_security_policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",  # the figures are live: never show a stale copy
+    }
+    return body, headers
+
+
+def page_values(status: dict, model: dict) -> dict[str, str]:
+    """Every placeholder's text, from an /api/status snapshot and an /api/model answer."""
+    get = status.get
+    state = str(get("state") or "unknown")
+    iteration, max_iterations = get("iteration"), get("max_iterations")
+    progress = iteration / max_iterations if _finite(iteration) and _finite(max_iterations) and max_iterations > 0 else 0
+    average = get("average_loss") or {}
+    return {
+        "run_id": str(get("run_id") or ""),
+        "rank": str(get("rank", 0)),
+        "world_size": str(get("world_size", 1)),
+        "dataset": str(get("dataset") or "?"),
+        "device": str(get("device") or "?"),
+        "state": state,
+        "progress_ratio": f"{min(1.0, progress):.4f}",
+        "fig_iteration": f"{fmt_int(iteration)} / {fmt_int(max_iterations)}",
+        "fig_loss": fmt_loss(get("loss")),
+        "fig_val_loss": fmt_loss(get("val_loss")),
+        "fig_rate": f"{fmt_rate(get('iterations_per_second'))} it/s",
+        "fig_eta": fmt_duration(get("eta_seconds")),
+        "fig_parameters": fmt_int(get("parameters_total")),
+        "fig_avg_loss": fmt_loss(average.get("value")),
+        "fig_avg_window": f"(last {fmt_duration(average['window_seconds'])})" if _finite(average.get("window_seconds")) else "",
+        "fig_trend": fmt_trend(get("trend")),
+        "fig_iterations_per_second": fmt_rate(get("iterations_per_second")),
+        "fig_tokens_per_second": fmt_rate(get("tokens_per_second")),
+        "fig_best_val_loss": fmt_loss(get("best_val_loss")),
+        "fig_mfu": f"{get('mfu') * 100:.1f} %" if _finite(get("mfu")) else DASH,
+        "fig_step": fmt_seconds(get("step_seconds")),
+        "fig_lr": f"{get('lr'):.2e}" if _finite(get("lr")) else DASH,
+        "fig_elapsed": fmt_duration(get("elapsed_seconds")),
+        "model_summary": model_summary(model.get("model_config") or {}),
+        "parameter_items": parameter_items(model.get("parameters") or {}),
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt_loss(value: Any) -> str:
+    return f"{value:.4f}" if _finite(value) else DASH
+
+
+def fmt_int(value: Any) -> str:
+    return f"{round(value):,}" if _finite(value) else DASH
+
+
+def fmt_rate(value: Any) -> str:
+    """3 significant figures or so: 1,234 / 56.7 / 8.90."""
+    if not _finite(value):
+        return DASH
+    if abs(value) >= 100:
+        return f"{round(value):,}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def fmt_duration(seconds: Any) -> str:
+    """1h 02m, 3m 04s, 5s."""
+    if not _finite(seconds) or seconds < 0:
+        return DASH
+    s = round(seconds)
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    if h:
+        return f"{h}h {m:02d}m"
+    return f"{m}m {sec:02d}s" if m else f"{sec}s"
+
+
+def fmt_seconds(seconds: Any) -> str:
+    if not _finite(seconds):
+        return DASH
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_trend(trend: Optional[dict]) -> str:
+    """"improving (+3.2 %)", "plateau (-0.4 %)", or "unknown" before both windows have enough points."""
+    if not trend or not trend.get("state"):
+        return "unknown"
+    ratio = trend.get("improvement_ratio")
+    return f"{trend['state']} ({ratio * 100:+.1f} %)" if _finite(ratio) else str(trend["state"])
+
+
+def model_summary(config: dict) -> str:
+    if not config:
+        return "The model is described once training starts."
+    parts = [f"{config.get(key, '?')} {label}" for key, label in
+             (("n_layer", "layers"), ("n_head", "heads"), ("n_embd", "embedding dims"),
+              ("block_size", "context"), ("vocab_size", "vocab"))]
+    return " \u00b7 ".join(parts)
+
+
+def parameter_items(parameters: dict) -> _Html:
+    """<li> per parameter component (total first), escaped."""
+    ordered = sorted(parameters.items(), key=lambda kv: kv[0] != "total")
+    return _Html("".join(
+        f"<li>{html.escape(str(name).replace('_', ' '))}: {html.escape(fmt_int(count))}</li>"
+        for name, count in ordered))

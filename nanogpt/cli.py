@@ -1,0 +1,158 @@
+"""`nanogpt-train`: parse the config, join DDP under torchrun, wire the observer, train.
+
+The one module that may know both the trainer and the exporter: see
+build_observer. Bad input (config, data, checkpoint) ends as one line
+`error: ...` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+from nanogpt import events
+from nanogpt.checkpoint import CheckpointError
+from nanogpt.config import ConfigError, TrainConfig, generate_run_id, parse_args
+from nanogpt.data import DataError
+
+__all__ = ["main", "build_observer"]
+
+log = logging.getLogger("nanogpt")
+
+EXIT_FAILED_RUN = 1  # training ran but ended "failed" (e.g. stop_on_nonfinite)
+EXIT_BAD_INPUT = 2
+
+
+class _MonitorObserver(events.Observer):
+    """Hands each training event to the exporter (event field names = TrainingMonitor keywords)."""
+
+    def __init__(self, monitor, server):
+        self.monitor, self.server = monitor, server
+
+    def on_run_start(self, event: events.RunStart) -> None:
+        self.monitor.run_started(**dataclasses.asdict(event))
+
+    def on_iteration(self, event: events.Iteration) -> None:
+        # every step: pass the three fields directly, asdict() would copy for nothing
+        self.monitor.iteration(event.iteration, event.tokens, event.timestamp)
+
+    def on_log(self, event: events.LogPoint) -> None:
+        self.monitor.log(**dataclasses.asdict(event))
+
+    def on_eval(self, event: events.EvalResult) -> None:
+        self.monitor.evaluated(**dataclasses.asdict(event))
+
+    def on_checkpoint(self, event: events.CheckpointSaved) -> None:
+        self.monitor.checkpoint_saved(**dataclasses.asdict(event))
+
+    def on_run_end(self, event: events.RunEnd) -> None:
+        self.monitor.run_ended(**dataclasses.asdict(event))
+
+    def close(self) -> None:
+        """Stop serving and close the metrics log."""
+        self.server.close()
+        self.monitor.close()
+
+
+def build_observer(cfg: TrainConfig, rank: int, local_rank: int) -> events.Observer | None:
+    """The observer that exports this rank's metrics, its server already started; None with --no-metrics.
+
+    Serves on cfg.metrics_host:cfg.metrics_port (under torchrun _init_distributed already added
+    LOCAL_RANK to the port), with basic auth / TLS when --metrics-web-config names a file. Rank 0 logs its history to out_dir/metrics.jsonl, rank r > 0 to
+    out_dir/metrics.rank<r>.jsonl. A port in use raises ConfigError (one line, exit 2).
+    """
+    if cfg.no_metrics:
+        return None
+    from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
+
+    name = "metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"
+    monitor = TrainingMonitor(run_id=cfg.run_id, rank=rank, metrics_log=os.path.join(cfg.out_dir, name))
+    try:
+        web_config = load_web_config(cfg.metrics_web_config) if cfg.metrics_web_config else None
+        server = monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=web_config)
+    except (ServeError, WebConfigError) as e:
+        raise ConfigError(str(e)) from None
+    # printed, not logged: ranks > 0 log only warnings, and tests read every rank's URL
+    prefix = f"[rank {rank}] " if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+    print(f"{prefix}metrics: {server.url}/metrics", flush=True)
+    return _MonitorObserver(monitor, server)
+
+
+def _setup_logging(rank: int, world_size: int) -> None:
+    prefix = f"[rank {rank}] " if world_size > 1 else ""
+    handler = logging.StreamHandler(sys.stdout)  # flushes after every record
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)  # other ranks: only problems
+
+
+def _init_distributed(cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
+    """Join the process group when torchrun started us; returns (cfg, rank, local_rank)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        cfg = dataclasses.replace(cfg, device=f"cuda:{local_rank}")
+        torch.cuda.set_device(cfg.device)
+    dist.init_process_group(backend=backend)
+    # every rank must label its metrics with the same run id: rank 0 decides
+    run_id = [cfg.run_id or generate_run_id()]
+    dist.broadcast_object_list(run_id, src=0)
+    port = cfg.metrics_port + local_rank if cfg.metrics_port != 0 else 0
+    return dataclasses.replace(cfg, run_id=run_id[0], metrics_port=port), rank, local_rank
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `nanogpt-train` and `python -m nanogpt.train`; returns the exit code."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0)) if distributed else 0
+    _setup_logging(rank, int(os.environ.get("WORLD_SIZE", 1)) if distributed else 1)
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from nanogpt.train import train  # torch loads only once the arguments are known to be good
+
+    local_rank = 0
+    try:
+        if distributed:
+            cfg, rank, local_rank = _init_distributed(cfg)
+        elif not cfg.run_id:
+            cfg = dataclasses.replace(cfg, run_id=generate_run_id())
+        log.info("run_id: %s", cfg.run_id)
+        observer = None if cfg.no_metrics else build_observer(cfg, rank, local_rank)
+        result = train(cfg, observer)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    summary = (f"run {result.run_id} {result.state}{': ' + result.reason if result.reason else ''}: "
+               f"iteration {result.iteration}, params sha256 {result.param_digest}")  # fmt: skip
+    print(f"[rank {rank}] {summary}" if distributed else summary, flush=True)
+    if observer is not None and cfg.metrics_linger > 0:
+        log.info("serving metrics for %.0f more seconds", cfg.metrics_linger)
+        time.sleep(cfg.metrics_linger)
+    if observer is not None:
+        observer.close()
+    return 0 if result.state == "finished" else EXIT_FAILED_RUN
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Device choices: which device and dtype, the autocast context, peak FLOP/s for MFU."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+__all__ = ["resolve_device", "resolve_dtype", "autocast", "default_peak_flops", "synchronize"]
+
+# Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, FLOP/s.
+# Matched as substrings of torch.cuda.get_device_name(), first match wins.
+GPU_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("A10G", 125e12),
+    ("A10", 125e12),
+    ("L4", 121e12),
+    ("4090", 165e12),
+    ("3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+)
+UNKNOWN_GPU_PEAK_FLOPS = 312e12  # nanoGPT's A100 figure, for GPUs not in the table
+# A rough CPU figure: ~100 GFLOP/s per core in float32 (2 FMA units x 8 AVX2 lanes x
+# 2 FLOP x ~3 GHz). Real peaks vary a lot: pass --peak-flops for a meaningful CPU MFU.
+CPU_PEAK_FLOPS_PER_THREAD = 100e9
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' becomes cuda when present, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The dtype actually trained in: float32 on CPU (as nanoGPT), bf16 if supported on CUDA for 'auto'."""
+    if device.type != "cuda":
+        return "float32"
+    if name == "auto":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return name
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA for bf16/fp16; plain float32 elsewhere."""
+    if device.type != "cuda" or dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+
+
+def default_peak_flops(device: torch.device) -> float:
+    """Peak FLOP/s for MFU when --peak-flops is not given (rough on CPU; see the constants)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), UNKNOWN_GPU_PEAK_FLOPS)
+    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+    return CPU_PEAK_FLOPS_PER_THREAD * threads
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (a no-op on CPU, where work is already synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,79 @@
+"""End to end: torchrun with 2 CPU ranks (gloo) gives Prometheus two targets, rank 0 and rank 1."""
+
+import math
+import socket
+import sys
+
+import pytest
+
+from tests.support.procs import Prometheus, Trainer, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+RUN_ID = "e2e-ddp"
+
+
+def two_free_ports() -> int:
+    """A port P with P+1 free too (rank r serves on --metrics-port + LOCAL_RANK)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no two consecutive free ports on 127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ddp")
+    port = two_free_ports()
+    prometheus = Prometheus(workdir / "prometheus", [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"])
+    trainer = None
+    try:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "nanogpt.train"]
+        trainer = Trainer(workdir, f"--metrics-port={port}", f"--run-id={RUN_ID}", "--max_iters=20",
+                          "--gradient_accumulation_steps=2", "--eval_interval=10", "--eval_iters=2",
+                          "--log_interval=5", "--metrics-linger=600", command=torchrun, wait_for_metrics=False)
+        wait_until(lambda: trainer.output().count(f"run {RUN_ID} finished") == 2 or not trainer.running(),
+                   timeout=240, what="both ranks to finish")
+        assert trainer.running(), f"torchrun exited before lingering:\n{trainer.output()[-3000:]}"
+        wait_until(lambda: len(prometheus.query(f'nanogpt_training_state{{run_id="{RUN_ID}",state="finished"}} == 1'))
+                   == 2, timeout=60, what="Prometheus to scrape both ranks finished")
+        yield prometheus, port
+    finally:
+        if trainer is not None:
+            trainer.stop()
+        prometheus.stop()
+
+
+def by_rank(prometheus, expr):
+    return {s["metric"]["rank"]: (s["metric"]["instance"], float(s["value"][1])) for s in prometheus.query(expr)}
+
+
+def test_prometheus_sees_two_targets_with_ranks_0_and_1(ddp):
+    prometheus, port = ddp
+    assert len(prometheus.targets_up()) == 2
+    ranks = by_rank(prometheus, f'nanogpt_iteration{{run_id="{RUN_ID}"}}')
+    assert {rank: instance for rank, (instance, _) in ranks.items()} == {
+        "0": f"127.0.0.1:{port}", "1": f"127.0.0.1:{port + 1}"}
+    assert all(value == 20 for _, value in ranks.values())
+
+
+def test_every_rank_reports_its_own_throughput_and_step_times(ddp):
+    prometheus, _ = ddp
+    tokens = by_rank(prometheus, f'nanogpt_tokens_total{{run_id="{RUN_ID}"}}')
+    steps = by_rank(prometheus, f'nanogpt_iteration_duration_seconds_count{{run_id="{RUN_ID}"}}')
+    assert set(tokens) == set(steps) == {"0", "1"}
+    assert tokens["0"][1] == tokens["1"][1] > 0  # same batch shape per rank
+    assert steps["0"][1] == steps["1"][1] == 20
+
+
+def test_only_rank_0_carries_eval_losses(ddp):
+    prometheus, _ = ddp
+    val = by_rank(prometheus, f'nanogpt_eval_loss{{run_id="{RUN_ID}",split="val"}}')
+    assert math.isfinite(val["0"][1])
+    assert math.isnan(val["1"][1])

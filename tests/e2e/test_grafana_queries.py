@@ -1,0 +1,145 @@
+"""Every query of both Grafana dashboards, run on real data.
+
+A short real training is scraped by a real Prometheus (Debian package) that
+loads the project's recording and alert rules. Each panel target, with the
+template variables substituted as Grafana would, goes through Prometheus' HTTP
+API (instant targets to /query, the others to /query_range over the run) and
+must parse and return at least one series. Every metric name the dashboards
+mention must be in the trainer's /metrics or be a recording rule.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.grafana import load_dashboards, parse_label_values, targets, variable_query, variables
+from tests.support.procs import PROMETHEUS_RULES, Prometheus, Trainer, http_get, wait_until
+
+pytestmark = pytest.mark.slow
+
+SCRAPE_SECONDS = 1
+# A test-only alert that fires for every running trainer, so the panels that list
+# ALERTS{run_id=...} have a firing alert to show (the project's alerts need minutes).
+ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
+    "alert": "GrafanaPanelTestAlwaysFiring", "expr": 'nanogpt_training_state{state="running"} == 1',
+    "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
+# Prometheus makes these itself; the trainer cannot export them.
+PROMETHEUS_SERIES = {"ALERTS", "ALERTS_FOR_STATE", "up"}
+PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+                "bool", "offset", "NaN", "Inf", "nan", "inf"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """(trainer, prometheus, start time) once the data every panel needs has been scraped."""
+    workdir = tmp_path_factory.mktemp("grafana-queries")
+    rules = workdir / "always-firing.yml"
+    rules.write_text(yaml.safe_dump(ALWAYS_FIRING))
+    trainer = prometheus = None
+    try:
+        # Long enough to stay running while the queries run; stopped below.
+        trainer = Trainer(workdir / "trainer", "--max_iters=100000", "--eval_interval=10", "--eval_iters=2",
+                          "--log_interval=1")
+        start = time.time()
+        prometheus = Prometheus(workdir / "prometheus", [trainer.target], scrape_interval=f"{SCRAPE_SECONDS}s",
+                                rule_files=[*sorted(PROMETHEUS_RULES.glob("*.yml")), rules])
+        # Evals and checkpoints seen changing, rates and the test alert there.
+        for expr in ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
+                     "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
+                     "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
+                     "rate(nanogpt_iteration_duration_seconds_count[4s]) > 0"):
+            wait_until(lambda: prometheus.query(expr), timeout=90, interval=0.5, what=f"Prometheus to return {expr}")
+        yield trainer, prometheus, start
+    finally:
+        for process in (prometheus, trainer):
+            if process is not None:
+                process.stop()
+
+
+@pytest.fixture(scope="module")
+def run_id(stack) -> str:
+    trainer, prometheus, _ = stack
+    [value] = prometheus.api("label/run_id/values")
+    assert re.fullmatch(r"[\w.-]+", value), value  # no regex metacharacters to escape
+    return value
+
+
+def substitute(expr: str, run_id: str, range_seconds: int) -> str:
+    """Grafana's variables for one selected run and rank "All" (`.*`), step = one scrape."""
+    values = {
+        "$__rate_interval": f"{4 * SCRAPE_SECONDS}s",  # max(4 x timeInterval, step + timeInterval)
+        "$__interval_ms": str(1000 * SCRAPE_SECONDS), "$__interval": f"{SCRAPE_SECONDS}s",
+        "$__range_s": str(range_seconds), "$__range": f"{range_seconds}s",
+        "$run_id": run_id, "$rank": ".*",
+    }
+    for name, value in values.items():  # longest names first, so $__interval never eats $__interval_ms
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
+    return expr
+
+
+def test_every_panel_query_returns_series(stack, run_id):
+    _, prometheus, start = stack
+    end = time.time()
+    # Step points counted back from `end` (as Grafana aligns them): the newest samples are covered.
+    start = end - SCRAPE_SECONDS * int((end - start) / SCRAPE_SECONDS)
+    failures = []
+    for uid, board in load_dashboards().items():
+        for title, target in targets(board):
+            expr = substitute(target["expr"], run_id, int(end - start) + 1)
+            if target.get("instant"):
+                result = prometheus.query(expr)
+            else:
+                result = prometheus.query_range(expr, start, end, step=SCRAPE_SECONDS)
+            if not result:
+                failures.append(f"{uid} / {title} / {target['refId']}: no series for {expr}")
+    assert not failures, "\n".join(failures)
+
+
+def test_variable_queries_list_the_run_and_its_rank(stack, run_id):
+    _, prometheus, start = stack
+    for board in load_dashboards().values():
+        found = {}
+        for name, variable in variables(board).items():
+            selector, label = parse_label_values(variable_query(variable))
+            # What Grafana's Prometheus datasource asks for label_values() over the time range.
+            found[name] = prometheus.api(f"label/{label}/values", **{
+                "match[]": substitute(selector, run_id, 3600), "start": start, "end": time.time()})
+        assert found == {"run_id": [run_id], "rank": ["0"]}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Series names an expression selects: identifiers outside strings, label lists and
+    ranges that are neither functions nor PromQL keywords."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)\b(?!\s*\()", expr)
+    return {n for n in names if n not in PROMQL_WORDS}
+
+
+def test_metric_name_extraction_sees_series_and_skips_the_rest():
+    expr = ('histogram_quantile(0.9, sum by (le, run_id) (rate(a_bucket{x="y z"}[1m]))) / on (job) '
+            'group_left (rank) b:rule offset 5m or vector(0) * NaN')
+    assert metric_names(expr) == {"a_bucket", "b:rule"}
+
+
+def test_every_metric_in_the_dashboards_is_exported_or_recorded(stack):
+    trainer, _, _ = stack
+    scraped = {sample.name for family in text_string_to_metric_families(
+        http_get(f"{trainer.base_url}/metrics").decode()) for sample in family.samples}
+    recorded = {rule["record"] for path in PROMETHEUS_RULES.glob("*.yml")
+                for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "record" in rule}
+    referenced = set()
+    for board in load_dashboards().values():
+        referenced |= {name for _, target in targets(board) for name in metric_names(target["expr"])}
+        referenced |= {name for v in variables(board).values()
+                       for name in metric_names(parse_label_values(variable_query(v))[0])}
+    assert "nanogpt_train_loss" in referenced and "nanogpt:loss_trend" in referenced
+    unknown = referenced - scraped - recorded - PROMETHEUS_SERIES
+    assert not unknown, f"dashboards refer to series nobody makes: {sorted(unknown)}"

@@ -1,0 +1,290 @@
+"""The live page (GET /) in a real Chromium: figures without JavaScript, the chart live during a
+real training, tooltip, CSV and PNG export, the model diagram, a phone-sized layout, and
+reconnection after the trainer restarts. No console errors anywhere.
+
+Tests that need no training drive a real in-process TrainingMonitor and its real server (the
+same code the trainer runs); the live and restart tests run the real trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter import TrainingMonitor
+from tests.support.procs import Trainer, http_json, require, wait_until
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the test command installs it; see README
+    sync_playwright = None
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
+PARAMETERS = {"total": 27_840, "token_embedding": 2_080, "position_embedding": 1_024, "attention": 8_448,
+              "mlp": 16_704, "layernorm": 256, "lm_head": 0}
+# The network errors Chromium logs while the trainer is down between two runs: expected, nothing else is.
+REFUSED = "Failed to load resource: net::ERR_CONNECTION_REFUSED"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if sync_playwright is None:
+        message = "playwright is not installed (pip install -e '.[test]')"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    chromium = require("chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Console:
+    """Every console error and uncaught exception of a page, with the ones expected right now."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        self.trainer_down = False  # while True, refused connections are what the page should see
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def _console(self, message) -> None:
+        if message.type == "error" and not (self.trainer_down and message.text == REFUSED):
+            self.errors.append(f"{message.text} ({message.location.get('url')})")
+
+
+@pytest.fixture
+def page_factory(browser):
+    """new_page(**context options) -> (page, console); asserts no console errors at the end."""
+    opened = []
+
+    def new_page(**options):
+        context = browser.new_context(accept_downloads=True, **options)
+        page = context.new_page()
+        console = Console(page)
+        opened.append((context, console))
+        return page, console
+
+    yield new_page
+    for context, console in opened:
+        context.close()  # before the server closes, so open event streams end first
+        assert console.errors == [], "console errors on the page"
+
+
+@pytest.fixture
+def monitor():
+    monitor = TrainingMonitor(run_id="page-test", rank=0)
+    monitor.run_started(max_iterations=1000, tokens_per_iteration=256, model_config=MODEL, parameters=PARAMETERS,
+                        dataset="tinyshakespeare.txt", device="cpu", dtype="float32", start_time=1_700_000_000.0)
+    return monitor
+
+
+@pytest.fixture
+def server(monitor):
+    server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.5)
+    yield server
+    server.close()
+
+
+def feed(monitor, iterations, start=0, every=10):
+    """Logged points `every` iterations, one simulated second apart, an eval each 50 iterations."""
+    for i in range(start, start + iterations, every):
+        t = 1_700_000_000.0 + i
+        monitor.iteration(iteration=i, tokens=256, timestamp=t)
+        if i % 50 == 0:
+            monitor.evaluated(iteration=i, train_loss=3.0 - i / 1000, val_loss=3.1 - i / 1000,
+                              best_val_loss=3.1 - i / 1000, eval_seconds=0.1, timestamp=t)
+        monitor.log(iteration=i, loss=3.0 - i / 500 + 0.05 * ((i // every) % 2), lr=6e-4, step_seconds=0.1,
+                    tokens_per_second=2560.0, mfu=0.123, elapsed_seconds=float(i), timestamp=t)
+
+
+def hook(page, expression: str):
+    """Evaluate an expression over the page's read-only test hook, window.__nanogpt."""
+    return page.evaluate(f"() => window.__nanogpt && window.__nanogpt.{expression}")
+
+
+def open_page(page, url: str, points: int):
+    page.goto(url + "/")
+    page.wait_for_function(f"() => window.__nanogpt && __nanogpt.points() >= {points} && __nanogpt.draws() > 0")
+
+
+def test_figures_are_in_the_html_with_javascript_off(monitor, server, page_factory):
+    feed(monitor, 300)
+    monitor.evaluated(iteration=290, train_loss=2.5, val_loss=2.625, best_val_loss=2.6)
+    page, _ = page_factory(java_script_enabled=False)
+    page.goto(server.url + "/")
+    figure = lambda name: page.get_by_test_id(f"fig-{name}").inner_text()  # noqa: E731
+    assert figure("iteration") == "290 / 1,000"
+    assert figure("loss") == f"{3.0 - 290 / 500 + 0.05:.4f}"
+    assert figure("val_loss") == "2.6250"
+    assert figure("rate") == "1.00 it/s"  # 10 iterations per simulated 10 s
+    assert figure("eta") == "11m 50s"  # 710 iterations left at 1 it/s
+    assert figure("parameters") == "27,840"
+    assert figure("state") == "running"
+    assert figure("best_val_loss") == "2.6000"
+    assert figure("mfu") == "12.3 %"
+    assert page.get_by_test_id("chart").is_hidden()  # the chart needs JavaScript; the figures do not
+
+
+def test_page_sends_a_content_security_policy_its_own_code_obeys(monitor, server, page_factory):
+    feed(monitor, 100)
+    page, _ = page_factory()
+    response = page.goto(server.url + "/")
+    assert "script-src 'sha256-" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    page.wait_for_function("() => window.__nanogpt && __nanogpt.draws() > 0")  # the script ran under the CSP
+
+
+def test_tooltip_shows_the_values_of_the_point_under_the_pointer(monitor, server, page_factory):
+    feed(monitor, 200)
+    page, _ = page_factory(viewport={"width": 1000, "height": 900})
+    open_page(page, server.url, 20)
+    history = http_json(server.url + "/api/history")["points"]
+    index = 7
+    position = hook(page, f"pointPosition({index})")
+    box = page.get_by_test_id("chart").bounding_box()
+    page.mouse.move(box["x"] + position["x"], box["y"] + position["y"])
+    tooltip = page.get_by_test_id("tooltip")
+    point = history[index]
+    assert tooltip.locator("[data-key=iteration]").inner_text() == f"iteration: {point['iteration']}"
+    assert tooltip.locator("[data-key=loss]").inner_text() == f"loss: {point['loss']:.4f}"
+    shown_time = page.evaluate(f"() => new Date({point['timestamp']} * 1000).toLocaleTimeString()")
+    assert tooltip.locator("[data-key=time]").inner_text() == f"time: {shown_time}"
+
+
+def test_drag_zooms_into_a_range_and_reset_shows_everything(monitor, server, page_factory):
+    feed(monitor, 500)
+    page, _ = page_factory(viewport={"width": 1000, "height": 900})
+    open_page(page, server.url, 50)
+    box = page.get_by_test_id("chart").bounding_box()
+    start, end = hook(page, "pointPosition(10)"), hook(page, "pointPosition(20)")
+    page.mouse.move(box["x"] + start["x"], box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(box["x"] + end["x"], box["y"] + 100, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => __nanogpt.view().x1 < 300")
+    x0, x1 = hook(page, "view().x0"), hook(page, "view().x1")
+    assert 95 <= x0 <= 105 and 195 <= x1 <= 205  # iterations 100..200, to within a pixel
+    page.get_by_test_id("zoom-reset").click()
+    page.wait_for_function("() => __nanogpt.view().x1 === 490")
+    assert hook(page, "view().x0") == 0
+
+
+def test_csv_download_matches_the_history(monitor, server, page_factory):
+    feed(monitor, 300)
+    page, _ = page_factory()
+    open_page(page, server.url, 30)
+    with page.expect_download() as download_info:
+        page.get_by_test_id("download-csv").click()
+    download = download_info.value
+    assert download.suggested_filename == "nanogpt-page-test.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text())))
+    history = http_json(server.url + "/api/history")["points"]
+    assert [int(r["iteration"]) for r in rows] == [p["iteration"] for p in history]
+    assert [float(r["loss"]) for r in rows] == [p["loss"] for p in history]
+    assert [r["val_loss"] for r in rows] == ["" if p["val_loss"] is None else str(p["val_loss"]) for p in history]
+
+
+def test_png_download_is_a_png_of_the_chart(monitor, server, page_factory):
+    feed(monitor, 300)
+    page, _ = page_factory(viewport={"width": 900, "height": 800}, device_scale_factor=1)
+    open_page(page, server.url, 30)
+    with page.expect_download() as download_info:
+        page.get_by_test_id("download-png").click()
+    data = Path(download_info.value.path()).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert (length, kind) == (13, b"IHDR")
+    width, height = struct.unpack(">II", data[16:24])
+    canvas = page.get_by_test_id("chart")
+    assert (width, height) == (canvas.evaluate("c => c.width"), canvas.evaluate("c => c.height"))
+    assert width > 300 and height > 200
+
+
+def test_clicking_a_block_in_the_diagram_shows_its_parameter_count(monitor, server, page_factory):
+    page, _ = page_factory()
+    page.goto(server.url + "/")
+    layers = http_json(server.url + "/api/model")["layers"]
+    block = next(layer for layer in layers if layer["kind"] == "block")
+    page.get_by_test_id("part-block0").click()
+    assert page.get_by_test_id("part-parameters").inner_text() == f"{block['parameters']:,} parameters"
+
+
+def test_diagram_parts_answer_the_keyboard(monitor, server, page_factory):
+    page, _ = page_factory()
+    page.goto(server.url + "/")
+    attention = http_json(server.url + "/api/model")["layers"][2]["children"][1]
+    page.get_by_test_id("part-block0-attn").focus()
+    page.keyboard.press("Enter")
+    assert page.get_by_test_id("part-parameters").inner_text() == f"{attention['parameters']:,} parameters"
+    assert "2 heads of size 16" in page.get_by_test_id("part-detail").inner_text()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_phone_width_has_no_horizontal_overflow(monitor, server, page_factory, scheme):
+    feed(monitor, 300)
+    page, _ = page_factory(viewport={"width": 375, "height": 667}, color_scheme=scheme)
+    open_page(page, server.url, 30)
+    page.wait_for_selector("[data-testid=model-diagram]")
+    scroll, client = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert scroll <= client == 375
+
+
+def test_chart_draws_and_updates_live_during_a_real_training(page_factory, tmp_path):
+    trainer = Trainer(tmp_path, "--max_iters=20000", "--log_interval=5", "--eval_interval=50", "--eval_iters=2")
+    try:
+        page, _ = page_factory()
+        page.goto(trainer.base_url + "/")
+        page.wait_for_function("() => window.__nanogpt && __nanogpt.points() > 0 && __nanogpt.draws() > 0",
+                               timeout=60_000)
+        first_draws, first_last = hook(page, "draws()"), hook(page, "lastIteration()")
+        page.wait_for_function(f"() => __nanogpt.lastIteration() >= {first_last + 20}", timeout=60_000)
+        assert hook(page, "draws()") > first_draws
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        assert page.get_by_test_id("fig-loss").inner_text() != "\u2013"
+        shown = hook(page, "iterations()")
+        served = [p["iteration"] for p in http_json(trainer.base_url + "/api/history")["points"]]
+        assert shown == served[: len(shown)]  # every logged point, in order, none twice
+        page.context.close()  # before the trainer goes: its going is not what this test is about
+    finally:
+        trainer.stop()
+
+
+def test_page_reconnects_by_itself_after_the_trainer_restarts(page_factory, tmp_path):
+    args = ["--max_iters=2000", "--log_interval=5", "--eval_interval=20", "--eval_iters=2", "--run-id=restart"]
+    trainer = Trainer(tmp_path, *args)
+    try:
+        page, console = page_factory()
+        page.goto(trainer.base_url + "/")
+        wait_until(lambda: (tmp_path / "out" / "ckpt.pt").exists(), timeout=60, what="a first checkpoint")
+        # past a checkpoint (every 20 iterations), so the resumed run goes back and logs anew
+        page.wait_for_function("() => window.__nanogpt && __nanogpt.lastIteration() >= 25 "
+                               "&& __nanogpt.lastIteration() % 20 !== 0", timeout=60_000)
+        before = hook(page, "lastIteration()")
+        console.trainer_down = True
+        trainer.signal(signal.SIGKILL)  # a crash: no goodbye to the page
+        trainer.wait()
+        page.get_by_test_id("connection").filter(has_text="reconnecting").wait_for(timeout=10_000)
+        trainer = Trainer(tmp_path, *args, "--resume", f"--metrics-port={trainer.port}")
+        page.wait_for_function(f"() => __nanogpt.lastIteration() > {before + 10}", timeout=60_000)
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        console.trainer_down = False
+        shown = hook(page, "iterations()")
+        assert shown == sorted(set(shown))  # no duplicates, in order
+        served = http_json(trainer.base_url + "/api/history")["points"]
+        # no gaps and nothing stale: exactly the restarted trainer's history, values included
+        assert list(zip(shown, hook(page, "losses()"))) == [(p["iteration"], p["loss"]) for p in served][: len(shown)]
+        page.context.close()
+    finally:
+        trainer.stop()

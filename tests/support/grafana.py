@@ -1,0 +1,57 @@
+"""The provisioned Grafana dashboards as data: panels, their queries, variables.
+
+Read-only helpers for tests/test_grafana_dashboards.py (static checks) and
+tests/e2e/test_grafana_queries.py (every query run on real data).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD_DIR = REPO / "grafana" / "dashboards"
+UIDS = ("nanogpt-training", "nanogpt-mobile")
+
+
+def load_dashboards(folder: Path = DASHBOARD_DIR) -> dict[str, dict]:
+    """uid -> dashboard JSON for every *.json in `folder`."""
+    boards = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return {board["uid"]: board for board in boards}
+
+
+def panels(board: dict) -> list[dict]:
+    """Every panel, rows included, and the panels of collapsed rows."""
+    found = []
+    for panel in board.get("panels", []):
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return found
+
+
+def targets(board: dict) -> list[tuple[str, dict]]:
+    """(panel title, target) for every query of every panel."""
+    return [(panel.get("title", ""), target) for panel in panels(board) for target in panel.get("targets", [])]
+
+
+def variables(board: dict) -> dict[str, dict]:
+    """name -> template variable."""
+    return {v["name"]: v for v in board.get("templating", {}).get("list", [])}
+
+
+def variable_query(variable: dict) -> str:
+    """The query text of a query variable (Grafana 11 stores it as {"query": ...} or a plain string)."""
+    query = variable["query"]
+    return query["query"] if isinstance(query, dict) else query
+
+
+LABEL_VALUES = re.compile(r"^label_values\((?:(?P<match>.+),\s*)?(?P<label>\w+)\)$")
+
+
+def parse_label_values(text: str) -> tuple[str | None, str]:
+    """`label_values(selector, label)` -> (selector or None, label); ValueError for other forms."""
+    m = LABEL_VALUES.match(text.strip())
+    if not m:
+        raise ValueError(f"not a label_values() query: {text}")
+    return m.group("match"), m.group("label")

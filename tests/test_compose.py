@@ -1,0 +1,171 @@
+"""docker-compose.yml: valid offline (compose-spec schema and Debian's docker-compose),
+every mounted path exists, and the services agree with Prometheus' targets and
+Grafana's datasource. Checks read the config as `docker-compose config` resolves it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.support.procs import REPO, require
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
+
+
+def docker_compose_config(env: dict) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "NANOGPT_", "COMPOSE_"))}
+    return subprocess.run([require("docker-compose"), "--profile", "gpu", "-f", str(COMPOSE_FILE), "config"],
+                          capture_output=True, text=True, env={**clean, **env}, cwd=REPO, timeout=60)  # fmt: skip
+
+
+@cache
+def resolved() -> dict:
+    """The compose file after interpolation, merges and path resolution, all profiles on."""
+    result = docker_compose_config(ENV)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def services() -> dict:
+    return resolved()["services"]
+
+
+def published(service: str) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) of each published port."""
+    ports = []
+    for spec in services()[service].get("ports", []):
+        ip, host, container = re.fullmatch(r"([\d.]+):(\d+):(\d+)(?:/tcp)?", str(spec)).groups()
+        ports.append((ip, int(host), int(container)))
+    return ports
+
+
+def test_compose_file_matches_the_compose_spec_schema():
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                             str(COMPOSE_FILE)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docker_compose_config_accepts_the_file():
+    result = subprocess.run([require("docker-compose"), "-f", str(COMPOSE_FILE), "config", "--quiet"],
+                            capture_output=True, text=True, env={**os.environ, **ENV}, cwd=REPO, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_grafana_admin_password_must_come_from_the_environment():
+    result = docker_compose_config({})
+    assert result.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert services()["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ENV["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_anonymous_viewing_is_off_unless_switched_on():
+    assert services()["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert services()["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    result = docker_compose_config({**ENV, "GRAFANA_ANONYMOUS": "true"})
+    assert yaml.safe_load(result.stdout)["services"]["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+
+
+def test_the_stack_has_its_services_with_pinned_images():
+    assert {"trainer", "trainer-gpu", "prometheus", "alertmanager", "grafana"} <= set(services())
+    images = {name: s["image"] for name, s in services().items()}
+    assert re.fullmatch(r"prom/prometheus:v2\.53\.\d+", images["prometheus"])
+    assert re.fullmatch(r"prom/alertmanager:v0\.\d+\.\d+", images["alertmanager"])
+    sdk = re.search(r'"grafana-foundation-sdk==(?:\d+!)?(\d+\.\d+)\.', (REPO / "pyproject.toml").read_text())
+    assert re.fullmatch(rf"grafana/grafana:{re.escape(sdk.group(1))}\.\d+", images["grafana"])
+
+
+def test_every_bind_mounted_path_exists():
+    mounts = [(name, v.split(":")[0]) for name, s in services().items() for v in s.get("volumes", [])]
+    binds = [(name, source) for name, source in mounts if source.startswith("/")]
+    assert binds, "expected the config folders to be bind-mounted"
+    for name, source in binds:
+        assert Path(source).exists(), f"{name} mounts missing path {source}"
+
+
+def test_config_folders_are_read_only_and_data_lives_in_named_volumes():
+    for name, service in services().items():
+        for volume in service.get("volumes", []):
+            source, target, mode = volume.split(":")
+            assert mode == ("ro" if source.startswith("/") else "rw"), f"{name}: {volume}"
+    named = {v.split(":")[0] for s in services().values() for v in s.get("volumes", []) if not v.startswith("/")}
+    assert {"trainer-out", "prometheus-data", "grafana-data"} <= named <= set(resolved()["volumes"])
+
+
+def test_only_grafana_is_published_beyond_this_machine():
+    assert published("grafana") == [("0.0.0.0", 3000, 3000)]
+    for name in ("trainer", "trainer-gpu", "prometheus", "alertmanager"):
+        assert published(name) and all(ip == "127.0.0.1" for ip, _, _ in published(name)), name
+
+
+def test_every_service_has_a_healthcheck_and_a_restart_policy():
+    for name, service in services().items():
+        assert service["healthcheck"]["test"][0] == "CMD", name
+        assert service["restart"] in ("unless-stopped", "always") or service["restart"].startswith("on-failure")
+
+
+def test_trainer_listens_on_all_interfaces_inside_the_container_on_the_scraped_port():
+    prometheus_yml = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus_yml["scrape_configs"]}
+    (target,) = jobs["nanogpt"]["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host == "trainer"
+    for name in ("trainer", "trainer-gpu"):
+        command = services()[name]["command"]
+        assert "--metrics-host=0.0.0.0" in command
+        assert f"--metrics-port={port}" in command
+        assert [c for _, _, c in published(name)] == [int(port)]
+    assert "trainer" in services()["trainer-gpu"]["networks"]["default"]["aliases"]
+
+
+def test_prometheus_targets_name_compose_services():
+    prometheus_yml = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in prometheus_yml["scrape_configs"] for g in job.get("static_configs", [])
+               for t in g["targets"]]  # fmt: skip
+    targets += [t for am in prometheus_yml["alerting"]["alertmanagers"] for g in am["static_configs"]
+                for t in g["targets"]]  # fmt: skip
+    for target in targets:
+        host, port = target.split(":")
+        if host == "localhost":  # Prometheus scraping itself
+            continue
+        assert host in services() or any(host in (s.get("networks", {}).get("default") or {}).get("aliases", [])
+                                         for s in services().values()), target  # fmt: skip
+        container_ports = {c for _, _, c in published(host)} if host in services() else set()
+        assert int(port) in container_ports, f"{target} is not a port the service publishes"
+
+
+def test_grafana_datasource_points_at_the_prometheus_service():
+    datasources = [d for f in sorted((REPO / "grafana" / "provisioning" / "datasources").glob("*.yml"))
+                   for d in yaml.safe_load(f.read_text())["datasources"]]  # fmt: skip
+    (prometheus,) = [d for d in datasources if d["uid"] == "prometheus"]
+    url = urlsplit(prometheus["url"])
+    assert url.hostname == "prometheus" and url.hostname in services()
+    assert url.port in {c for _, _, c in published("prometheus")}
+
+
+def test_grafana_home_dashboard_is_a_provisioned_file():
+    grafana = services()["grafana"]
+    home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    for volume in grafana["volumes"]:
+        source, target, _ = volume.split(":")
+        if home.is_relative_to(target) and source.startswith("/"):
+            assert (Path(source) / home.relative_to(target)).is_file()
+            return
+    pytest.fail(f"{home} is not inside a bind-mounted folder")
+
+
+def test_gpu_variant_reserves_an_nvidia_gpu_under_its_profile():
+    gpu = services()["trainer-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "--device=cuda" in gpu["command"]
+    assert "profiles" not in services()["trainer"]

@@ -1,0 +1,191 @@
+"""The provisioned Grafana dashboards and provisioning files, checked without Grafana.
+
+Schema: Grafana's own `Dashboard` TypeScript type (@grafana/schema, pinned in
+tests/grafana/package.json) turned into a JSON schema by ts-json-schema-generator,
+validated with jsonschema Draft 7. `npm ci --prefix tests/grafana` installs the
+tools; without them the schema test skips locally and fails under CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support.grafana import (
+    DASHBOARD_DIR, REPO, UIDS, load_dashboards, panels, parse_label_values, targets, variable_query, variables,
+)
+
+NPM_DIR = REPO / "tests" / "grafana"
+DASHBOARD_TYPES = "node_modules/@grafana/schema/dist/esm/raw/dashboard/x/dashboard_types.gen.d.ts"
+BOARDS = load_dashboards()
+
+
+def each_dashboard():
+    return pytest.mark.parametrize("uid", UIDS)
+
+
+@pytest.fixture(scope="session")
+def dashboard_schema(tmp_path_factory) -> dict:
+    """JSON schema of Grafana's Dashboard type, generated into a temp dir from the pinned npm packages."""
+    generator = NPM_DIR / "node_modules" / ".bin" / "ts-json-schema-generator"
+    if not generator.exists() or not (NPM_DIR / DASHBOARD_TYPES).exists() or not shutil.which("node"):
+        message = "tests/grafana/node_modules missing: run `npm ci --prefix tests/grafana`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("grafana-schema") / "dashboard.schema.json"
+    subprocess.run([str(generator), "--path", DASHBOARD_TYPES, "--type", "Dashboard", "--no-type-check",
+                    "-o", str(out)], cwd=NPM_DIR, check=True, capture_output=True, timeout=120)
+    return json.loads(out.read_text())
+
+
+def test_committed_dashboards_equal_generated(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "grafana" / "generate.py"), "--out", str(tmp_path)],
+                   check=True, timeout=60)
+    generated = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert generated == sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(f"{u}.json" for u in UIDS)
+    for name in generated:
+        assert (DASHBOARD_DIR / name).read_text() == (tmp_path / name).read_text(), (
+            f"grafana/dashboards/{name} is stale: run `python grafana/generate.py`")
+
+
+@each_dashboard()
+def test_dashboard_validates_against_grafana_dashboard_type(uid, dashboard_schema):
+    errors = sorted(jsonschema.Draft7Validator(dashboard_schema).iter_errors(BOARDS[uid]), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+
+
+def test_schema_rejects_a_misspelt_field(dashboard_schema):
+    # The generated schema must be strict, or the test above proves nothing.
+    board = {**BOARDS["nanogpt-mobile"], "panel": []}
+    assert not jsonschema.Draft7Validator(dashboard_schema).is_valid(board)
+
+
+@each_dashboard()
+def test_every_panel_query_and_variable_uses_the_prometheus_uid(uid):
+    board = BOARDS[uid]
+    queried = [p for p in panels(board) if p["type"] not in ("row", "text")]
+    assert queried
+    for panel in queried:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, panel["title"]
+        assert panel["targets"], panel["title"]
+    for title, target in targets(board):
+        assert target["datasource"] == {"type": "prometheus", "uid": "prometheus"}, title
+    for variable in variables(board).values():
+        assert variable["datasource"]["uid"] == "prometheus", variable["name"]
+
+
+@each_dashboard()
+def test_dashboard_has_no_import_placeholders(uid):
+    text = json.dumps(BOARDS[uid])
+    assert "__inputs" not in BOARDS[uid] and "${DS_" not in text
+
+
+@each_dashboard()
+def test_uid_is_at_most_40_characters(uid):
+    assert BOARDS[uid]["uid"] == uid and len(uid) <= 40
+
+
+@each_dashboard()
+def test_panels_do_not_overlap_and_fit_the_grid(uid):
+    cells: dict[tuple[int, int], str] = {}
+    for panel in BOARDS[uid]["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+@each_dashboard()
+def test_panels_are_in_reading_order(uid):
+    # Below 769 px Grafana stacks panels in JSON order: it must match the desktop order.
+    positions = [(p["gridPos"]["y"], p["gridPos"]["x"]) for p in BOARDS[uid]["panels"]]
+    assert positions == sorted(positions)
+
+
+@each_dashboard()
+def test_panel_ids_are_unique(uid):
+    ids = [p["id"] for p in panels(BOARDS[uid])]
+    assert len(ids) == len(set(ids))
+
+
+def test_mobile_panels_are_full_width_and_short():
+    for panel in BOARDS["nanogpt-mobile"]["panels"]:
+        assert panel["gridPos"]["w"] == 24, panel["title"]
+        assert panel["gridPos"]["h"] <= 8, panel["title"]
+
+
+def test_mobile_dashboard_puts_state_first_and_one_loss_chart_last():
+    types = [(p["type"], p["title"]) for p in BOARDS["nanogpt-mobile"]["panels"]]
+    assert types[0] == ("stat", "Training state")
+    assert [t for t, _ in types].count("timeseries") == 1 and types[-1][0] == "timeseries"
+
+
+@each_dashboard()
+def test_run_id_variable_keeps_finished_runs_selectable(uid):
+    run_id = variables(BOARDS[uid])["run_id"]
+    assert run_id["type"] == "query" and run_id["multi"] is True
+    assert run_id["refresh"] == 2  # on time range change: label values over the dashboard's range
+    selector, label = parse_label_values(variable_query(run_id))
+    assert label == "run_id" and selector
+
+
+@each_dashboard()
+def test_rank_variable_follows_the_selected_runs(uid):
+    rank = variables(BOARDS[uid])["rank"]
+    selector, label = parse_label_values(variable_query(rank))
+    assert label == "rank" and '$run_id' in selector and rank["includeAll"] is True
+
+
+@each_dashboard()
+def test_every_query_filters_by_the_selected_runs(uid):
+    for title, target in targets(BOARDS[uid]):
+        assert "$run_id" in target["expr"], title
+
+
+def test_training_dashboard_covers_the_issue_panels():
+    titles = {p["title"] for p in panels(BOARDS["nanogpt-training"])}
+    for wanted in ("Training state", "Loss", "Loss vs iteration", "Loss trend", "ETA", "Progress",
+                   "Iterations / s", "Tokens / s", "Average loss (plateau window)", "Best val loss", "MFU",
+                   "Step time p50 / p95", "Learning rate", "Grad norm", "Model shape", "Parameters",
+                   "Parameters by component", "Firing alerts", "Process memory", "Process CPU",
+                   "Tokens / s per rank", "Non-finite losses", "Trainer live page"):
+        assert wanted in titles, wanted
+    assert any(p["type"] == "table" and "CSV" in p["title"] for p in panels(BOARDS["nanogpt-training"]))
+
+
+def test_loss_trend_maps_every_rule_value_to_a_name_and_colour():
+    trend = next(p for p in panels(BOARDS["nanogpt-mobile"]) if p["title"] == "Loss trend")
+    mappings = trend["fieldConfig"]["defaults"]["mappings"]
+    values = next(m["options"] for m in mappings if m["type"] == "value")
+    assert {k: v["text"] for k, v in values.items()} == {"1": "improving", "0": "plateau", "-1": "rising"}
+    assert all(v["color"] for v in values.values())
+    assert {m["options"]["match"] for m in mappings if m["type"] == "special"} == {"nan", "null"}
+
+
+def test_datasource_is_prometheus_by_uid_not_editable_with_the_scrape_interval():
+    config = yaml.safe_load((REPO / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    [source] = config["datasources"]
+    assert source["uid"] == "prometheus" and source["type"] == "prometheus"
+    assert source["editable"] is False and source["url"] == "http://prometheus:9090"
+    prometheus_yml = REPO / "prometheus" / "prometheus.yml"
+    assert prometheus_yml.is_file(), "prometheus/prometheus.yml is missing (the stack's scrape config)"
+    scrape = yaml.safe_load(prometheus_yml.read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    interval = jobs["nanogpt"].get("scrape_interval", scrape["global"]["scrape_interval"])
+    assert source["jsonData"]["timeInterval"] == interval
+
+
+def test_dashboard_provider_loads_the_mounted_dashboard_folder():
+    config = yaml.safe_load((REPO / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    [provider] = config["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -1,0 +1,203 @@
+"""exporter.TrainingMonitor: events in, metrics + history + status out, and never an exception."""
+
+import csv
+import io
+import logging
+import math
+
+import pytest
+
+from exporter import TrainingMonitor
+from exporter.architecture import layers, total_parameters
+from exporter.trend import loss_trend
+
+MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
+LABELS = {"run_id": "r1", "rank": "0"}
+
+
+def value(monitor, name, **labels):
+    return monitor.registry.get_sample_value(name, {**LABELS, **labels})
+
+
+def started(metrics_log=None, start_iteration=0, **kwargs):
+    monitor = TrainingMonitor(run_id="r1", rank=0, metrics_log=metrics_log)
+    monitor.run_started(max_iterations=100, start_iteration=start_iteration, tokens_per_iteration=256,
+                        model_config=MODEL, parameters={"total": 1234, "mlp": 600}, dataset="shakespeare",
+                        device="cpu", dtype="float32", start_time=1000.0, **kwargs)
+    return monitor
+
+
+def log(monitor, i, loss, t=None):
+    monitor.log(iteration=i, loss=loss, lr=1e-3, step_seconds=0.01, tokens_per_second=25600.0,
+                elapsed_seconds=float(i), timestamp=1000.0 + i if t is None else t)
+
+
+def test_run_started_sets_the_run_shape_model_and_state():
+    monitor = started()
+    assert value(monitor, "nanogpt_max_iterations") == 100
+    assert value(monitor, "nanogpt_training_start_time_seconds") == 1000.0
+    assert value(monitor, "nanogpt_model_parameters", component="total") == 1234
+    assert value(monitor, "nanogpt_model_config", field="n_embd") == 32
+    assert value(monitor, "nanogpt_training_state", state="running") == 1
+    assert value(monitor, "nanogpt_run_info", dataset="shakespeare", device="cpu", dtype="float32",
+                 world_size="1", version="0.1.0") == 1
+
+
+def test_iterations_count_tokens_and_time_steps():
+    monitor = started()
+    for i in range(1, 4):
+        monitor.iteration(iteration=i, tokens=256, timestamp=1000.0 + 0.5 * i)
+    assert value(monitor, "nanogpt_iteration") == 3
+    assert value(monitor, "nanogpt_iterations_total") == 3
+    assert value(monitor, "nanogpt_tokens_total") == 768
+    assert value(monitor, "nanogpt_last_iteration_timestamp_seconds") == 1001.5
+    assert value(monitor, "nanogpt_iteration_duration_seconds_count") == 2  # between consecutive steps
+    assert value(monitor, "nanogpt_iteration_duration_seconds_sum") == pytest.approx(1.0)
+
+
+def test_log_sets_loss_figures_and_the_summary_counts_only_finite_losses():
+    monitor = started()
+    for i, loss in enumerate([4.0, 3.0, math.nan, math.inf, 2.0]):
+        log(monitor, i, loss)
+    assert value(monitor, "nanogpt_logged_loss_count") == 3
+    assert value(monitor, "nanogpt_logged_loss_sum") == 9.0
+    assert value(monitor, "nanogpt_loss_nonfinite_total") == 2
+    assert value(monitor, "nanogpt_train_loss") == 2.0
+    assert value(monitor, "nanogpt_learning_rate") == 1e-3
+
+
+def tensorboard_smoothed(losses, weight=0.9):
+    """TensorBoard's scalar smoothing (debiased EMA) of the finite values: the reference."""
+    last, n = 0.0, 0
+    for x in (v for v in losses if math.isfinite(v)):
+        last, n = weight * last + (1 - weight) * x, n + 1
+    return last / (1 - weight ** n)
+
+
+def test_the_ema_is_debiased_like_tensorboard_smoothing():
+    monitor = started()
+    losses = [4.0, 3.0, 2.5, math.nan, 2.0]
+    for i, loss in enumerate(losses):
+        log(monitor, i, loss)
+    assert value(monitor, "nanogpt_train_loss_ema") == pytest.approx(tensorboard_smoothed(losses))
+    assert monitor.history.last().loss_ema == pytest.approx(tensorboard_smoothed(losses))
+
+
+def test_the_first_ema_equals_the_first_loss():
+    monitor = started()
+    log(monitor, 0, 4.2)
+    assert value(monitor, "nanogpt_train_loss_ema") == pytest.approx(4.2)
+
+
+def test_an_eval_before_the_log_point_of_its_iteration_joins_that_point():
+    monitor = started()
+    monitor.evaluated(iteration=10, train_loss=2.5, val_loss=2.7, best_val_loss=2.7, eval_seconds=0.5)
+    log(monitor, 10, 2.6)
+    log(monitor, 11, 2.5)
+    points = monitor.history.since(None)
+    assert (points[0].eval_train_loss, points[0].val_loss) == (2.5, 2.7)
+    assert points[1].val_loss is None
+    assert value(monitor, "nanogpt_eval_loss", split="val") == 2.7
+    assert value(monitor, "nanogpt_eval_duration_seconds") == 0.5
+
+
+def test_an_eval_after_the_log_point_amends_it_in_memory_and_on_disk(tmp_path):
+    monitor = started(metrics_log=tmp_path / "m.jsonl")
+    log(monitor, 10, 2.6)
+    monitor.evaluated(iteration=10, train_loss=2.5, val_loss=2.7)
+    assert monitor.history.last().val_loss == 2.7
+    assert [p.val_loss for p in monitor.metrics_log.read()] == [2.7]
+
+
+def test_run_ended_sets_the_final_state_and_stops_the_eta():
+    monitor = started()
+    log(monitor, 1, 3.0)
+    monitor.run_ended(iteration=1, state="finished")
+    assert value(monitor, "nanogpt_training_state", state="finished") == 1
+    assert value(monitor, "nanogpt_training_state", state="running") == 0
+    assert monitor.status()["eta_seconds"] is None
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.iteration(iteration=1, tokens=-5, timestamp=1.0),  # a counter cannot go down
+    lambda m: m.log(iteration=1, loss="not a number"),
+    lambda m: m.evaluated(iteration=1, train_loss=None, val_loss=1.0),
+    lambda m: m.run_ended(iteration=1, state="exploded"),
+    lambda m: m.log(iteration=1, loss=1.0, unexpected_field=3),  # events.py grew a field
+])
+def test_an_exception_inside_the_exporter_is_counted_not_raised(call):
+    monitor = started()
+    assert call(monitor) is None
+    assert value(monitor, "nanogpt_exporter_errors_total") == 1
+
+
+def test_a_repeated_error_is_logged_once_and_counted_each_time(caplog):
+    monitor = started()
+    with caplog.at_level(logging.WARNING, logger="exporter.monitor"):
+        for _ in range(5):
+            monitor.log(iteration=1, loss="bad")
+    assert value(monitor, "nanogpt_exporter_errors_total") == 5
+    assert len([r for r in caplog.records if "log failed" in r.getMessage()]) == 1
+
+
+def test_events_for_another_run_are_reported():
+    monitor = started(run_id="someone-else", rank=0)
+    assert value(monitor, "nanogpt_exporter_errors_total") == 1
+    assert value(monitor, "nanogpt_training_state", state="running") == 1  # the rest still applied
+
+
+def test_the_history_is_logged_to_disk_and_complete_in_the_csv(tmp_path):
+    monitor = started(metrics_log=tmp_path / "m.jsonl")
+    for i in range(5):
+        log(monitor, i, 4.0 - i)
+    rows = list(csv.DictReader(io.StringIO("".join(monitor.csv_lines()))))
+    assert [int(r["iteration"]) for r in rows] == list(range(5))
+    assert float(rows[-1]["loss"]) == 0.0
+
+
+def test_a_resumed_run_reloads_its_history_up_to_the_resume_iteration(tmp_path):
+    first = started(metrics_log=tmp_path / "m.jsonl")
+    losses = [4.0 - 0.1 * i for i in range(10)]
+    for i, loss in enumerate(losses):
+        log(first, i, loss)
+    first.close()  # killed after iteration 9; the checkpoint was saved before step 7, which a resume redoes
+    resumed = started(metrics_log=tmp_path / "m.jsonl", start_iteration=7)
+    assert [p.iteration for p in resumed.history.since(None)] == list(range(7))
+    log(resumed, 7, 1.0)
+    assert [p.iteration for p in resumed.history.since(None)] == list(range(8))
+    rows = list(csv.DictReader(io.StringIO("".join(resumed.csv_lines()))))
+    assert [int(r["iteration"]) for r in rows] == list(range(8))
+    # the EMA continues from the reloaded losses, not from scratch
+    assert resumed.history.last().loss_ema == pytest.approx(tensorboard_smoothed(losses[:7] + [1.0]))
+
+
+def test_status_reports_figures_rate_eta_and_the_trend_of_the_history():
+    monitor = started()
+    for i in range(0, 40):
+        monitor.iteration(iteration=i, tokens=256, timestamp=1000.0 + 30 * i)
+        log(monitor, i, 4.0 - 0.05 * i, t=1000.0 + 30 * i)  # one log point every 30 s
+    status = monitor.status(now=1000.0 + 30 * 39)
+    samples = [(p.timestamp, p.loss) for p in monitor.history.since(None)]
+    assert status["trend"]["state"] == loss_trend(samples).state == "improving"
+    assert status["iterations_per_second"] == pytest.approx(1 / 30)
+    assert status["eta_seconds"] == pytest.approx((100 - 39) * 30)
+    assert status["loss"] == pytest.approx(4.0 - 0.05 * 39)
+    assert status["parameters_total"] == 1234 and status["state"] == "running"
+
+
+def test_the_model_layers_add_up_to_the_parameter_count_of_the_real_model():
+    from nanogpt.model import GPT, GPTConfig  # the trainer's own model is the reference
+
+    for bias in (True, False):
+        config = {**MODEL, "bias": bias}
+        expected = GPT(GPTConfig(**config)).parameter_counts()["total"]
+        assert total_parameters(layers(config)) == expected
+
+
+def test_an_unusable_metrics_log_costs_the_disk_copy_only(tmp_path):
+    monitor = started(metrics_log=tmp_path)  # a directory: neither readable nor writable as a log
+    log(monitor, 1, 3.0)
+    assert value(monitor, "nanogpt_training_state", state="running") == 1
+    assert value(monitor, "nanogpt_exporter_errors_total") == 2  # the reload and the append
+    assert [p.iteration for p in monitor.history.since(None)] == [1]
+    assert value(monitor, "nanogpt_train_loss") == 3.0

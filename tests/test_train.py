@@ -1,0 +1,149 @@
+"""train(): nanoGPT's schedule and loop, and the events it hands the observer."""
+
+import logging
+import math
+
+import pytest
+
+from nanogpt import events
+from nanogpt.config import build_config
+from nanogpt.train import get_lr, train
+from tests.support.trainer import Recorder, tiny_config
+
+SCHEDULE = build_config(({"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 10, "lr_decay_iters": 110}, "test"))
+
+
+@pytest.mark.parametrize(
+    "it, lr",
+    [(0, 1e-3 * 1 / 11), (9, 1e-3 * 10 / 11), (10, 1e-3), (60, 5.5e-4), (110, 1e-4), (500, 1e-4)],
+)
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr(it, lr):
+    assert get_lr(it, SCHEDULE) == pytest.approx(lr)
+
+
+def test_lr_is_constant_without_decay():
+    cfg = build_config(({"decay_lr": False, "learning_rate": 3e-4}, "test"))
+    assert {get_lr(it, cfg) for it in (0, 50, 5000)} == {3e-4}
+
+
+def test_lr_zero_after_makes_the_lr_zero_from_that_iteration():
+    cfg = build_config(({"lr_zero_after": 30}, "test"))
+    assert get_lr(29, cfg) > 0 and get_lr(30, cfg) == 0.0 == get_lr(31, cfg)
+
+
+def test_a_short_run_lowers_the_loss(tmp_path):
+    rec = Recorder()
+    result = train(tiny_config(tmp_path, max_iters=60, lr_decay_iters=60, eval_interval=30, learning_rate=3e-3), rec)
+    evals = rec.of("on_eval")
+    assert result.state == "finished" and result.iteration == 60
+    assert evals[0].val_loss == pytest.approx(math.log(65), abs=0.15)
+    assert evals[-1].val_loss < evals[0].val_loss - 0.5
+    assert rec.of("on_log")[-1].loss < rec.of("on_log")[0].loss - 0.5
+
+
+def test_the_observer_hears_every_event_in_order(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, max_iters=20, log_interval=5, eval_interval=10), rec)
+    sequence = [(m, getattr(e, "iteration", None)) for m, e in rec.events]
+    expected = [("on_run_start", None)]
+    for it in range(21):
+        if it % 10 == 0:
+            expected.append(("on_eval", it))
+            if it > 0:
+                expected.append(("on_checkpoint", it))
+        expected.append(("on_iteration", it))
+        if it % 5 == 0:
+            expected.append(("on_log", it))
+    expected.append(("on_run_end", 20))
+    assert sequence == expected
+    assert rec.of("on_run_end")[0].state == "finished"
+
+
+def test_run_start_describes_the_model_and_the_run(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, max_iters=0, run_id="r1"), rec)
+    start = rec.of("on_run_start")[0]
+    assert (start.run_id, start.rank, start.world_size, start.start_iteration, start.max_iterations) == ("r1", 0, 1, 0, 0)
+    assert start.tokens_per_iteration == 8 * 32
+    assert start.model_config == dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=65,
+                                      dropout=0.0)  # fmt: skip
+    assert start.parameters["total"] == sum(v for k, v in start.parameters.items() if k != "total")
+    assert (start.device, start.dtype, start.config["max_iters"]) == ("cpu", "float32", 0)
+
+
+def test_log_points_carry_host_numbers_for_the_logged_iteration(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, max_iters=12, log_interval=4, eval_interval=100, grad_clip=1.0), rec)
+    logs = rec.of("on_log")
+    assert [p.iteration for p in logs] == [0, 4, 8, 12]  # the last iteration is logged too
+    for p in logs:
+        assert all(type(v) in (int, float) for v in (p.loss, p.lr, p.step_seconds, p.grad_norm))
+        assert p.step_seconds > 0 and p.tokens_per_second == pytest.approx(8 * 32 / p.step_seconds)
+        assert p.lr == pytest.approx(get_lr(p.iteration, tiny_config(tmp_path)))
+    assert logs[0].mfu is None and 0 < logs[-1].mfu < 1  # MFU waits for warm-up steps
+
+
+def test_grad_norm_is_none_without_clipping(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, max_iters=5, grad_clip=0.0), rec)
+    assert rec.of("on_log")[0].grad_norm is None
+
+
+def test_an_observer_that_raises_is_logged_once_and_training_goes_on(tmp_path, caplog):
+    class Broken(events.Observer):
+        def on_iteration(self, event):
+            raise RuntimeError("observer bug")
+
+    result = train(tiny_config(tmp_path, max_iters=10), Broken())
+    assert result.state == "finished" and result.iteration == 10
+    assert len([r for r in caplog.records if "observer.on_iteration raised" in r.message]) == 1
+
+
+def test_an_exception_in_the_loop_ends_the_run_failed_and_propagates(tmp_path):
+    class CtrlC(Recorder):
+        def on_iteration(self, event):
+            super().on_iteration(event)
+            if event.iteration == 3:
+                raise KeyboardInterrupt  # not an Exception: the loop lets it through, as Ctrl-C
+
+    rec = CtrlC()
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, max_iters=10), rec)
+    end = rec.events[-1]
+    assert end[0] == "on_run_end" and end[1].state == "failed" and "KeyboardInterrupt" in end[1].reason
+
+
+def test_an_injected_nan_reaches_the_logged_loss(tmp_path):
+    rec = Recorder()
+    result = train(tiny_config(tmp_path, max_iters=15, inject_nonfinite_at=7), rec)
+    losses = {p.iteration: p.loss for p in rec.of("on_log")}
+    assert math.isfinite(losses[5]) and math.isnan(losses[10]) and math.isnan(losses[15])
+    assert result.state == "finished"  # without stop_on_nonfinite the run goes on
+
+
+def test_stop_on_nonfinite_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    rec = Recorder()
+    cfg = tiny_config(tmp_path, max_iters=40, log_interval=5, eval_interval=10, inject_nonfinite_at=13,
+                      stop_on_nonfinite=True)  # fmt: skip
+    result = train(cfg, rec)
+    assert (result.state, result.iteration) == ("failed", 15)
+    assert rec.of("on_run_end")[0].reason == "non-finite loss at iteration 15"
+    assert [c.iteration for c in rec.of("on_checkpoint")] == [10]
+
+
+def test_eval_only_evaluates_once_and_trains_nothing(tmp_path):
+    rec = Recorder()
+    result = train(tiny_config(tmp_path, eval_only=True), rec)
+    assert [m for m, _ in rec.events] == ["on_run_start", "on_eval", "on_run_end"]
+    assert result.iterations_run == 0
+
+
+def test_a_failed_checkpoint_save_is_logged_and_training_goes_on(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, max_iters=20, eval_interval=10)
+    (tmp_path / "out" / "ckpt.pt" / "blocker").mkdir(parents=True)  # ckpt.pt is a non-empty directory
+    rec = Recorder()
+    with caplog.at_level(logging.ERROR):
+        result = train(cfg, rec)
+    assert result.state == "finished" and result.checkpoint_errors == 2
+    assert rec.of("on_checkpoint") == []
+    assert "could not save checkpoint" in caplog.text
