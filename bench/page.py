@@ -6,7 +6,9 @@ real HTTP server), opens the page in Debian's Chromium and prints:
 - time to first chart: navigation start -> the first frame drawn with data (median of runs);
 - new point -> redraw: monitor.log() called -> the frame that shows that point drawn
   (SSE push, JSON parse, requestAnimationFrame, draw), and the draw itself;
-- JS heap after loading the N points, as performance.memory reports it and after a GC.
+- JS heap after loading the N points, as performance.memory reports it and after a GC;
+- the /api/history handler alone (History.to_json, no HTTP) for 12k (the default cap) and N
+  points, in both layouts: an object per point, and the columns the page asks for.
 
 Targets (ten times better than the original design's 2 s / 500 ms / 512 MB): 200 ms, 50 ms, 51 MB.
 The exporter's default history keeps 12,000 points (10,000 recent + 2,000 thinned older), so
@@ -53,11 +55,26 @@ def first_chart_ms(browser, url: str) -> tuple[float, float, float]:
     page.goto(url)
     page.wait_for_function("() => window.__nanogpt && __nanogpt.firstDrawAt() !== null", timeout=120_000)
     timing = page.evaluate("""() => {
-        const h = performance.getEntriesByType("resource").find((e) => e.name.endsWith("/api/history"));
+        const h = performance.getEntriesByType("resource").find((e) => e.name.includes("/api/history"));
         return [__nanogpt.firstDrawAt(), h.responseStart - h.requestStart, __nanogpt.firstDrawAt() - h.responseEnd];
     }""")
     page.close()
     return tuple(timing)
+
+
+PAGE_FIELDS = ("iteration", "loss", "timestamp", "val_loss", "eval_train_loss")  # what index.html requests
+
+
+def handler_ms(history: History, points: int, layout: str, repeats: int = 5) -> tuple[float, int]:
+    """(best time in ms, body bytes) of the /api/history body for the newest `points` points."""
+    since = history.since(None)[-points].iteration - 1
+    names = PAGE_FIELDS if layout == "columns" else None
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        body = history.to_json("bench-page", 0, since, layout=layout, names=names)
+        times.append((time.perf_counter() - started) * 1000)
+    return min(times), len(body)
 
 
 def main() -> None:
@@ -78,6 +95,10 @@ def main() -> None:
     started = time.perf_counter()
     feed(monitor, args.points)
     print(f"fed {args.points:,} points through TrainingMonitor.log in {time.perf_counter() - started:.1f} s")
+    for n in sorted({min(12_000, args.points), args.points}):
+        for layout in ("points", "columns"):
+            ms, size = handler_ms(monitor.history, n, layout)
+            print(f"/api/history body, {n:,} points, format={layout}: {ms:.1f} ms (best of 5), {size / 2**20:.1f} MB")
     server = monitor.serve(host="127.0.0.1", port=0)
     try:
         with sync_playwright() as p:

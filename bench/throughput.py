@@ -55,7 +55,8 @@ def main() -> None:
     print(f"config: n_layer=4 n_head=4 n_embd=128 block_size=64 batch_size=12, {args.device}, {len(timed)} timed steps")
     print(f"median step time: {ms:.1f} ms/step")
     print(f"median throughput: {tok_s:,.0f} tokens/s")
-    print(f"loss: iteration 0 {record.logs[0].loss:.4f}, iteration {record.logs[-1].iteration} {record.logs[-1].loss:.4f}")
+    first, last = record.logs[0], record.logs[-1]
+    print(f"loss: iteration {first.iteration} {first.loss:.4f}, iteration {last.iteration} {last.loss:.4f}")
 
 
 if __name__ == "__main__":

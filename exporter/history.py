@@ -10,6 +10,11 @@ the history it had. Neither knows about Prometheus or HTTP.
 
 Non-finite floats are kept as floats in memory and written as JSON null (JSON
 has no NaN); readers get None back for them.
+
+Serving a long history must stay cheap (100k points in tens of milliseconds):
+each point's JSON text, and each field's, is made once when it is appended, so
+`History.to_json` (the /api/history body, an object per point or an array per
+field) is a join of cached strings, never a walk over values.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ import math
 import os
 import threading
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
+from operator import attrgetter
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
 RECENT_POINTS = 10_000  # newest points kept at full resolution
 OLDER_POINTS = 2_000  # cap on thinned older points: memory stays <= RECENT + OLDER points
+FORMATS = ("points", "columns")  # /api/history?format=: an object per point (the default), or an array per field
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,17 @@ class Point:
         """A JSON-safe dict: non-finite floats become None."""
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
+    @cached_property
+    def json_values(self) -> tuple[str, ...]:
+        """Each field's JSON text, in COLUMNS order (float repr is the shortest round-trip form,
+        the text json.dumps writes; non-finite floats are null). Made once per point."""
+        return tuple(_json_number(getattr(self, name)) for name in COLUMNS)
+
+    @cached_property
+    def json(self) -> str:
+        """The compact JSON text of `to_json()`, made once per point (~5 us against ~50 us for a dict walk)."""
+        return _POINT_TEMPLATE % self.json_values
+
     @classmethod
     def from_json(cls, data: dict) -> "Point":
         """The point a `to_json` dict came from (unknown keys ignored; ValueError if malformed)."""
@@ -66,6 +85,74 @@ class Point:
 
 
 COLUMNS = tuple(f.name for f in fields(Point))
+_POINT_TEMPLATE = "{" + ",".join(f'"{name}":%s' for name in COLUMNS) + "}"
+_ITERATION = attrgetter("iteration")
+
+
+def _json_number(value) -> str:
+    """JSON text of a field value: float repr is the shortest round-trip form, as json.dumps writes it."""
+    if value is None:
+        return "null"
+    if value.__class__ is float:
+        return repr(value) if math.isfinite(value) else "null"
+    return json.dumps(value)
+
+
+class _Table:
+    """Points in iteration order and, beside them, each field's JSON text as a column (list of str),
+    so a columnar answer is one C-level join per field instead of a float repr per value.
+    Indices are into the lists; entries before `first` are dropped ones not yet compacted away
+    (dropping the oldest point of 13 lists of 10k is a 13-fold memmove per logged point otherwise)."""
+
+    COMPACT_EVERY = 256  # dropped entries held at most; each compaction moves the lists once
+
+    def __init__(self):
+        self.points: list[Point] = []
+        self.text: tuple[list[str], ...] = tuple([] for _ in COLUMNS)
+        self.first = 0
+
+    def __len__(self) -> int:
+        return len(self.points) - self.first
+
+    def last(self) -> Optional[Point]:
+        return self.points[-1] if len(self) else None
+
+    def append(self, point: Point) -> None:
+        self.points.append(point)
+        for column, value in zip(self.text, point.json_values):
+            column.append(value)
+
+    def pop_first(self) -> Point:
+        point = self.points[self.first]
+        self.first += 1
+        if self.first >= self.COMPACT_EVERY:
+            self._compact()
+        return point
+
+    def _compact(self) -> None:
+        for column in (self.points, *self.text):
+            del column[:self.first]
+        self.first = 0
+
+    def thin(self) -> None:
+        """Keep every second point, the first included."""
+        self.points = self.points[self.first::2]
+        self.text = tuple(column[self.first::2] for column in self.text)
+        self.first = 0
+
+    def replace_last(self, point: Point) -> None:
+        self.points[-1] = point
+        for column, value in zip(self.text, point.json_values):
+            column[-1] = value
+
+    def cut(self, start: int) -> None:
+        """Drop the points from index `start` (>= first) on."""
+        for column in (self.points, *self.text):
+            del column[start:]
+
+    def after(self, iteration: int) -> int:
+        """Index of the first point with an iteration > `iteration` (len(points) when none)."""
+        return bisect.bisect_right(self.points, iteration, lo=self.first, key=_ITERATION)
 
 
 class History:
@@ -75,29 +162,34 @@ class History:
         if recent < 1 or older < 2:
             raise ValueError("history needs recent >= 1 and older >= 2")
         self._recent_cap, self._older_cap = recent, older
-        self._older: list[Point] = []  # thinned, iteration order
-        self._recent: list[Point] = []  # full resolution, iteration order
+        self._older = _Table()  # thinned, iteration order
+        self._recent = _Table()  # full resolution, iteration order
         self._lock = threading.Lock()
 
     def append(self, point: Point) -> None:
         """Add a point. A point at an iteration already held replaces it and everything after
         it (a re-logged or resumed iteration), so iterations stay strictly increasing."""
+        point.json  # serialise now, on the caller's thread (~5 us), so serving the history is a join
         with self._lock:
-            if self._recent and point.iteration <= self._recent[-1].iteration:
+            newest = self._recent.last()
+            if newest is not None and point.iteration <= newest.iteration:
                 self._truncate_locked(point.iteration - 1)
             self._recent.append(point)
             if len(self._recent) > self._recent_cap:
-                self._older.append(self._recent.pop(0))
+                self._older.append(self._recent.pop_first())
                 if len(self._older) > self._older_cap:
-                    self._older = self._older[::2]
+                    self._older.thin()
 
     def amend_last(self, iteration: int, **values) -> Optional[Point]:
         """Set fields of the newest point if it is at `iteration`; returns the new point or None."""
         with self._lock:
-            if not self._recent or self._recent[-1].iteration != iteration:
+            newest = self._recent.last()
+            if newest is None or newest.iteration != iteration:
                 return None
-            self._recent[-1] = replace(self._recent[-1], **values)
-            return self._recent[-1]
+            amended = replace(newest, **values)
+            self._recent.replace_last(amended)
+        amended.json  # serialised once, as in append
+        return amended
 
     def truncate(self, last_iteration: int) -> None:
         """Drop the points with iteration > last_iteration."""
@@ -105,21 +197,57 @@ class History:
             self._truncate_locked(last_iteration)
 
     def _truncate_locked(self, last_iteration: int) -> None:
-        for part in (self._recent, self._older):
-            keys = [p.iteration for p in part]
-            del part[bisect.bisect_right(keys, last_iteration):]
+        for table in (self._recent, self._older):
+            table.cut(table.after(last_iteration))
+
+    def _tail_locked(self, iteration: Optional[int]) -> tuple[int, int]:
+        """(first older index, first recent index) of the points after `iteration`: O(log n),
+        since each open event stream asks for its tail after every logged point."""
+        if iteration is None:
+            return self._older.first, self._recent.first
+        start = self._recent.after(iteration)
+        if start > self._recent.first:  # every older point is before the oldest recent one
+            return len(self._older.points), start
+        return self._older.after(iteration), start
 
     def since(self, iteration: Optional[int] = None) -> list[Point]:
         """The points with iteration > `iteration` (all of them for None), oldest first."""
         with self._lock:
-            points = self._older + self._recent
-        if iteration is None:
-            return points
-        return points[bisect.bisect_right([p.iteration for p in points], iteration):]
+            older, recent = self._tail_locked(iteration)
+            return self._older.points[older:] + self._recent.points[recent:]
+
+    def to_json(self, run_id: str, rank: int, since: Optional[int] = None, layout: str = "points",
+                names: Optional[Sequence[str]] = None) -> bytes:
+        """The /api/history body for the points after `since`. layout "points" (the default):
+        {"run_id", "rank", "points": [{...}, ...]}; layout "columns": {"run_id", "rank",
+        "columns": [names], "<name>": [one value per point, null where missing], ...} with all
+        fields or only `names`. Both carry the same values; columns are under half the bytes and
+        parse several times faster in a browser. ValueError (one line) for a bad layout or name."""
+        if layout not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {layout!r}")
+        if names is not None and layout != "columns":
+            raise ValueError("fields needs format=columns")
+        names = COLUMNS if names is None else tuple(names)
+        unknown = [name for name in names if name not in COLUMNS]
+        if unknown or not names:
+            raise ValueError(f"fields must name some of {', '.join(COLUMNS)}, got {','.join(unknown)!r}")
+        # copy under the lock (pointer copies), join outside it: a large answer never blocks append
+        with self._lock:
+            older, recent = self._tail_locked(since)
+            if layout == "points":
+                points = self._older.points[older:] + self._recent.points[recent:]
+            else:
+                columns = [self._older.text[COLUMNS.index(n)][older:] + self._recent.text[COLUMNS.index(n)][recent:]
+                           for n in names]
+        head = '{"run_id":%s,"rank":%s,' % (json.dumps(run_id), json.dumps(rank))
+        if layout == "points":
+            return (head + '"points":[' + ",".join([p.json for p in points]) + "]}").encode()
+        arrays = "".join(f',"{name}":[' + ",".join(column) + "]" for name, column in zip(names, columns))
+        return (head + '"columns":' + json.dumps(list(names), separators=(",", ":")) + arrays + "}").encode()
 
     def last(self) -> Optional[Point]:
         with self._lock:
-            return self._recent[-1] if self._recent else None
+            return self._recent.last()
 
     def __len__(self) -> int:
         with self._lock:
@@ -136,7 +264,7 @@ class MetricsLog:
 
     def append(self, point: Point) -> None:
         """Write one point as a line and flush it (the file is opened on first use)."""
-        line = json.dumps(point.to_json(), separators=(",", ":")) + "\n"
+        line = point.json + "\n"
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +307,7 @@ class MetricsLog:
             if not self.path.exists() and not kept:
                 return kept
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(p.to_json(), separators=(",", ":")) + "\n" for p in kept),
+            tmp.write_text("".join(p.json + "\n" for p in kept),
                            encoding="utf-8")
             os.replace(tmp, self.path)
         return kept

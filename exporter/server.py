@@ -91,7 +91,7 @@ def _cursor(value: Optional[str], name: str) -> Optional[int]:
     """A non-negative iteration from a query parameter or header, None when absent."""
     if value is None or value == "":
         return None
-    if not re.fullmatch(r"\d{1,18}", value.strip()):
+    if not re.fullmatch(r"[0-9]{1,18}", value.strip()):  # ASCII digits only: \d also takes "١٢"
         raise BadRequest(f"{name} must be a non-negative integer iteration, got {value!r}")
     return int(value)
 
@@ -102,10 +102,25 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_SECONDS  # StreamRequestHandler applies it to the socket
     server_version = "nanogpt-monitor"
     protocol_version = "HTTP/1.0"  # one request per connection: streams and CSV end by closing
+    # a request line without a version ("GET /metrics") is HTTP/0.9 to http.server, which then answers
+    # a bare body with no status line or headers; answer it as HTTP/1.0 like any other request
+    default_request_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        super().setup()
+        self.owner.head_started(self.connection)  # until parse_request ends, under the head deadline
+
+    def finish(self) -> None:
+        self.owner.head_done(self.connection)
+        super().finish()
 
     def parse_request(self) -> bool:
         """http.server's request parsing, then basic auth (when configured) for every method."""
-        if not super().parse_request():
+        parsed = super().parse_request()
+        self.owner.head_done(self.connection)
+        if not parsed:
+            if not self._responded:  # a blank request line: http.server would close without a word
+                self.send_error(400, "Empty request line")
             return False
         if self.owner.auth is None or self.owner.auth.allows(self.headers.get("Authorization")):
             return True
@@ -146,12 +161,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._responded = True
         super().send_response(code, message)
 
+    def end_headers(self) -> None:
+        # every answer, errors included: a browser must never sniff JSON, CSV or an error page as HTML
+        self.send_header("X-Content-Type-Options", "nosniff")
+        super().end_headers()
+
     def _send(self, code: int, body: bytes, content_type: str, headers: Optional[dict] = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
-            self.send_header(name, value)
+            if name.lower() != "x-content-type-options":  # end_headers sends it, once
+                self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -201,10 +222,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status)
 
     def route_history(self, query: dict) -> None:
+        """?since=ITER for the tail; ?format=columns (with ?fields=a,b) for an array per field."""
         since = _cursor(query.get("since", [None])[-1], "since")
-        points = self.monitor.history.since(since)
-        self._send_json({"run_id": self.monitor.run_id, "rank": self.monitor.rank,
-                         "points": [p.to_json() for p in points]})
+        fields = query.get("fields", [None])[-1]
+        try:
+            body = self.monitor.history.to_json(self.monitor.run_id, self.monitor.rank, since,
+                                                layout=query.get("format", ["points"])[-1],
+                                                names=None if fields is None else fields.split(","))
+        except ValueError as e:  # a bad format or field name: the client's to fix
+            raise BadRequest(str(e)) from None
+        self._send(200, body, "application/json")
 
     def route_model(self, query: dict) -> None:
         self._send_json(self.monitor.model())
@@ -248,14 +275,14 @@ class _Handler(BaseHTTPRequestHandler):
                 generation = monitor.generation  # read before the data: a change after it wakes us
                 events = []
                 for point in monitor.history.since(cursor):
-                    events.append(f"id: {point.iteration}\nevent: point\ndata: {json_bytes(point.to_json()).decode()}\n\n")
+                    events.append(f"id: {point.iteration}\nevent: point\ndata: {point.json}\n\n")
                     cursor = point.iteration
                 if monitor.status_version != sent_status:
                     sent_status = monitor.status_version
                     events.append(f"event: status\ndata: {json_bytes(monitor.status()).decode()}\n\n")
                 if events:
                     self.wfile.write("".join(events).encode())
-                if monitor.wait_for_change(generation, self.owner.keepalive_seconds) == generation:
+                if monitor.wait_for_change(generation, self.owner.keepalive_seconds, self.owner.closing) == generation:
                     if not self.owner.closing.is_set():
                         self.wfile.write(b": keepalive\n\n")
 
@@ -293,13 +320,20 @@ class MetricsServer:
         self.scheme = web_config.scheme
         self.auth = BasicAuth(web_config.users) if web_config.users else None
         self.closing = threading.Event()
+        self.request_timeout = request_timeout
+        self._heads: dict[socket.socket, float] = {}  # connection -> monotonic deadline for its request head
+        self._heads_lock = threading.Lock()
         self._streams_done = threading.Condition()
         self._open_streams = 0
         handler = type("Handler", (_Handler,), {"monitor": monitor, "owner": self, "timeout": request_timeout})
         server_class = type("Server", (ThreadingHTTPServer,), {
             "daemon_threads": True,
+            # socketserver's default listen backlog is 5: a burst of clients (a page reload, several
+            # scrapers) overflowed it and the kernel dropped SYNs, stalling each dropped client >= 1 s
+            "request_queue_size": 128,
             "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
             "handle_error": _quiet_connection_error,
+            "service_actions": lambda _: self._drop_stalled_heads(),  # serve_forever calls it every poll
         })
         try:
             self._httpd = server_class((host, int(port)), handler)
@@ -322,6 +356,29 @@ class MetricsServer:
         """Base URL, e.g. http://127.0.0.1:8000 or https://... (append /metrics, /api/status, ...)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    def head_started(self, connection: socket.socket) -> None:
+        with self._heads_lock:
+            self._heads[connection] = time.monotonic() + self.request_timeout
+
+    def head_done(self, connection: socket.socket) -> None:
+        with self._heads_lock:
+            self._heads.pop(connection, None)
+
+    def _drop_stalled_heads(self) -> None:
+        """Shut down connections still sending their request line and headers `request_timeout` s
+        after they opened: the per-read socket timeout alone never trips for a client that trickles
+        a byte a second, and each such client would hold a thread for as long as it liked."""
+        now = time.monotonic()
+        with self._heads_lock:
+            stalled = [c for c, deadline in self._heads.items() if deadline < now]
+            for connection in stalled:
+                del self._heads[connection]
+        for connection in stalled:
+            try:  # the plain socket's shutdown, also under TLS: the handler's blocked read returns EOF
+                socket.socket.shutdown(connection, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
 
     def track_stream(self) -> _StreamTracker:
         return _StreamTracker(self)

@@ -4,21 +4,24 @@ A checkpoint holds {model, optimizer, model_args, iter_num, best_val_loss,
 config} as nanoGPT's does, plus `vocab` (the characters, so sampling needs no
 data files). Saving writes a temp file in the same directory, fsyncs it and
 renames it over ckpt.pt: a kill or a full disk during a save leaves the
-previous checkpoint whole.
+previous checkpoint whole, and the temp file such a kill leaves behind is
+removed by the next save.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CKPT_NAME", "MODEL_SHAPE_KEYS"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "slow_save", "CKPT_NAME", "MODEL_SHAPE_KEYS"]
 
 CKPT_NAME = "ckpt.pt"
 REQUIRED_KEYS = ("model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "vocab")
@@ -34,6 +37,8 @@ def save_checkpoint(
 ) -> None:
     """Write checkpoint to path atomically (temp file + fsync + rename); `save` is for tests."""
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed (one writer per dir)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -51,6 +56,23 @@ def save_checkpoint(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def slow_save(seconds: float, chunks: int = 10) -> Callable[[Any, Any], None]:
+    """A `save` for save_checkpoint that spreads the write over `seconds` (the test option
+    slow_save_seconds: a wide, real window in which to kill a process mid-save)."""
+
+    def save(obj: Any, f: Any) -> None:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = buffer.getbuffer()
+        step = max(1, -(-len(data) // chunks))  # ceil: at most `chunks` writes
+        for start in range(0, len(data), step):
+            f.write(data[start : start + step])
+            f.flush()  # on disk (in the page cache) before the pause, so a kill finds a partial file
+            time.sleep(seconds / chunks)
+
+    return save
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:

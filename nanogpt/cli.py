@@ -2,7 +2,9 @@
 
 The one module that may know both the trainer and the exporter: see
 build_observer. Bad input (config, data, checkpoint) ends as one line
-`error: ...` on stderr and exit code 2, never a traceback.
+`error: ...` on stderr and exit code 2, never a traceback. SIGTERM and SIGINT
+stop training cleanly (see _StopSignals); exit codes are listed below and in
+docs/faults.md.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -25,6 +29,45 @@ log = logging.getLogger("nanogpt")
 
 EXIT_FAILED_RUN = 1  # training ran but ended "failed" (e.g. stop_on_nonfinite)
 EXIT_BAD_INPUT = 2
+# stopped by a signal: 128 + its number, as a shell reports a process a signal killed
+# (SIGTERM 143, SIGINT 130), though here the run first saved a final checkpoint
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT as requests, not kills. The first asks train() to stop after the current
+    iteration and save a final checkpoint; more during that save are ignored (the save completes;
+    kill -9 stops at once, and the atomic save keeps the last checkpoint whole). Any signal ends
+    --metrics-linger. The handler only records: Python runs it on the main thread between
+    bytecodes, where I/O or taking a lock (even Event.set) could deadlock with the code it interrupted."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, stop) -> None:
+        self.stop = stop  # a nanogpt.train.StopRequest
+        self.received: list[int] = []  # list.append is atomic under the GIL
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received.append(signum)
+        self.stop.request(f"terminated by {signal.Signals(signum).name}")
+
+    def exit_code(self) -> int:
+        """128 + the first signal's number (SIGTERM when another DDP rank got the signal)."""
+        return 128 + (self.received[0] if self.received else signal.SIGTERM)
+
+    def linger(self, seconds: float) -> None:
+        """Sleep up to `seconds`, ending within 0.1 s of a signal received from now on."""
+        seen, deadline = len(self.received), time.monotonic() + seconds
+        while len(self.received) == seen and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))  # polled: a handler cannot safely wake an Event
 
 
 class _MonitorObserver(events.Observer):
@@ -120,7 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from nanogpt.train import train  # torch loads only once the arguments are known to be good
+    from nanogpt.train import StopRequest  # torch loads only once the arguments are known to be good
+
+    signals = _StopSignals(StopRequest())
+    signals.install()
+    try:
+        return _run(cfg, distributed, rank, signals)
+    finally:
+        signals.restore()
+
+
+def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) -> int:
+    """Join DDP, serve metrics, train, print the summary, linger; returns the exit code."""
+    from nanogpt.train import train
 
     local_rank = 0
     try:
@@ -130,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, run_id=generate_run_id())
         log.info("run_id: %s", cfg.run_id)
         observer = None if cfg.no_metrics else build_observer(cfg, rank, local_rank)
-        result = train(cfg, observer)
+        result = train(cfg, observer, signals.stop)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -145,12 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dist.destroy_process_group()
     summary = (f"run {result.run_id} {result.state}{': ' + result.reason if result.reason else ''}: "
                f"iteration {result.iteration}, params sha256 {result.param_digest}")  # fmt: skip
-    print(f"[rank {rank}] {summary}" if distributed else summary, flush=True)
+    # one write() per line: ranks share torchrun's stdout, and print() may write text and newline apart
+    sys.stdout.write(f"[rank {rank}] {summary}\n" if distributed else f"{summary}\n")
+    sys.stdout.flush()
     if observer is not None and cfg.metrics_linger > 0:
-        log.info("serving metrics for %.0f more seconds", cfg.metrics_linger)
-        time.sleep(cfg.metrics_linger)
+        log.info("serving metrics for %.0f more seconds (a signal ends this)", cfg.metrics_linger)
+        signals.linger(cfg.metrics_linger)
     if observer is not None:
         observer.close()
+    if result.stopped:
+        return signals.exit_code()
     return 0 if result.state == "finished" else EXIT_FAILED_RUN
 
 

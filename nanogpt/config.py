@@ -15,7 +15,6 @@ import secrets
 import time
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "parse_args", "build_config", "validate", "generate_run_id"]
@@ -81,6 +80,7 @@ class TrainConfig:
     inject_nonfinite_at: int = -1  # from this iteration on the loss is multiplied by NaN (-1 = off)
     stop_on_nonfinite: bool = False  # stop as "failed" at a non-finite logged loss, without saving it
     lr_zero_after: int = -1  # from this iteration the lr is 0, so the loss plateaus (-1 = off)
+    slow_save_seconds: float = 0.0  # each checkpoint write takes this long: a window to kill it mid-save (0 = off)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain Python values (for checkpoints and RunStart.config)."""
@@ -110,7 +110,7 @@ _CHOICES = {
 _POSITIVE = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
              "batch_size", "block_size", "n_layer", "n_head", "n_embd")  # fmt: skip
 _NON_NEGATIVE = ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr",
-                 "weight_decay", "grad_clip", "peak_flops", "metrics_linger")  # fmt: skip
+                 "weight_decay", "grad_clip", "peak_flops", "metrics_linger", "slow_save_seconds")  # fmt: skip
 
 
 def generate_run_id() -> str:

@@ -24,13 +24,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt import events
-from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
+from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint, slow_save
 from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
 from nanogpt.device import autocast, default_peak_flops, resolve_device, resolve_dtype, synchronize
 from nanogpt.model import GPT, GPTConfig
 
-__all__ = ["train", "TrainResult", "get_lr", "estimate_loss"]
+__all__ = ["train", "TrainResult", "StopRequest", "get_lr", "estimate_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,22 @@ class TrainResult:
     best_val_loss: float
     checkpoint_errors: int  # saves that failed (logged; training went on)
     param_digest: str  # sha256 of the final weights; equal on every DDP rank
+    stopped: bool = False  # ended early on a StopRequest (e.g. SIGTERM), after a final checkpoint
+
+
+class StopRequest:
+    """Asks a running train() to stop after the current iteration and save a final checkpoint.
+
+    request() only stores a string (no locks, no I/O), so a signal handler or another
+    thread may call it at any moment; the loop reads it between iterations.
+    """
+
+    def __init__(self) -> None:
+        self.reason = ""  # why, e.g. "terminated by SIGTERM"; "" while nobody asked
+
+    def request(self, reason: str) -> None:
+        if not self.reason:  # the first reason wins
+            self.reason = reason
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -110,21 +126,29 @@ def _param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _any_rank(flag: bool, ddp: bool) -> bool:
+def _any_rank(flag: bool, ddp: bool, device: torch.device) -> bool:
     """True if flag is True on any rank (a collective: every rank must call it)."""
     if not ddp:
         return flag
-    t = torch.tensor([float(flag)])
+    t = torch.tensor([float(flag)], device=device)  # nccl reduces only device tensors
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def _checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_args: dict, iter_num: int,
+                best_val_loss: float, cfg: TrainConfig, vocab: tuple[str, ...]) -> dict:
+    """nanoGPT's checkpoint dict, plus the vocabulary; iter_num is the next iteration to train."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": model_args,
+            "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg.to_dict(), "vocab": list(vocab)}
 
 
 def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: _SafeObserver) -> bool:
     """Save a checkpoint; a failed save is logged and reported, and training goes on."""
     path = Path(cfg.out_dir) / CKPT_NAME
+    log.info("saving checkpoint to %s", path)  # as nanoGPT prints it; a save can take a while
     t0 = time.perf_counter()
     try:
-        save_checkpoint(state, path)
+        save_checkpoint(state, path, save=slow_save(cfg.slow_save_seconds) if cfg.slow_save_seconds else torch.save)
     except (OSError, RuntimeError) as e:
         log.error("error: could not save checkpoint to %s (%s); the previous one is kept, training goes on", path, e)
         return False
@@ -134,12 +158,18 @@ def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: _SafeObserver) -
     return True
 
 
-def train(config: TrainConfig, observer: events.Observer | None = None) -> TrainResult:
+def _weights_finite(model: torch.nn.Module) -> bool:
+    """No NaN or inf in any parameter (syncs with the device: for the final save only)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train(config: TrainConfig, observer: events.Observer | None = None, stop: StopRequest | None = None) -> TrainResult:
     """Train per config, reporting to observer; returns how the run ended.
 
     Bad data, config or checkpoint raise DataError / ConfigError / CheckpointError
     before training starts. An exception during training is reported to the
-    observer as a failed run and re-raised.
+    observer as a failed run and re-raised. A `stop` request ends the run
+    "finished" (with its reason) after the current iteration and a final checkpoint.
     """
     cfg = config
     validate(cfg)
@@ -204,7 +234,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None) -> Train
         max_iterations=cfg.max_iters, tokens_per_iteration=tokens_per_iter, model_config=dict(model_args),
         parameters=raw_model.parameter_counts(), dataset=data.name, device=str(device), dtype=dtype,
         config=cfg.to_dict(), start_time=start_time))  # fmt: skip
-    state, reason, lossf, local_iter, checkpoint_errors = "finished", "", None, 0, 0
+    state, reason, lossf, local_iter, checkpoint_errors, stopped = "finished", "", None, 0, 0, False
     try:
         X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)  # the very first batch
         # step timing spans log point to log point (both syncs), minus evals and saves in between
@@ -229,13 +259,17 @@ def train(config: TrainConfig, observer: events.Observer | None = None) -> Train
                 if not math.isfinite(losses["val"]):
                     log.warning("not saving a checkpoint: val loss is %s", losses["val"])
                 elif (improved or cfg.always_save_checkpoint) and iter_num > 0:
-                    ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val_loss,
-                            "config": cfg.to_dict(), "vocab": list(data.chars)}  # fmt: skip
+                    ckpt = _checkpoint(raw_model, optimizer, model_args, iter_num, best_val_loss, cfg, data.chars)
                     checkpoint_errors += not _save(cfg, ckpt, iter_num, notify)
                 span_excluded += time.perf_counter() - t0
             if cfg.eval_only:
                 break
+
+            # a stop request is honoured after a logged iteration, so the last one trained is logged;
+            # alone, the loop logs the iteration it sees a request before (under DDP ranks learn of
+            # it at different times, so they agree on it at the next regular log point instead)
+            stopping = stop is not None and not ddp and bool(stop.reason)
+            logged = iter_num % cfg.log_interval == 0 or is_eval or iter_num == cfg.max_iters or stopping
 
             for micro_step in range(gas):
                 if ddp:
@@ -259,7 +293,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None) -> Train
             span_steps += 1
             notify("on_iteration", events.Iteration(iter_num, tokens_per_iter, time.time()))
 
-            if iter_num % cfg.log_interval == 0 or is_eval or iter_num == cfg.max_iters:
+            if logged:
                 lossf = loss.item() * gas  # CPU-GPU sync point, as in nanoGPT
                 grad_normf = grad_norm.item() if grad_norm is not None else None
                 step_seconds = (time.perf_counter() - span_start - span_excluded) / span_steps
@@ -275,7 +309,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None) -> Train
                     iteration=iter_num, loss=lossf, lr=lr, step_seconds=step_seconds,
                     tokens_per_second=tokens_per_iter / step_seconds, grad_norm=grad_normf, mfu=mfu,
                     elapsed_seconds=time.time() - start_time, timestamp=time.time()))  # fmt: skip
-                if cfg.stop_on_nonfinite and _any_rank(not math.isfinite(lossf), ddp):
+                if cfg.stop_on_nonfinite and _any_rank(not math.isfinite(lossf), ddp, device):
                     state, reason = "failed", f"non-finite loss at iteration {iter_num}"
                     log.error("stopping: %s; the last checkpoint is kept", reason)
                 span_start, span_steps, span_excluded = time.perf_counter(), 0, 0.0
@@ -283,6 +317,16 @@ def train(config: TrainConfig, observer: events.Observer | None = None) -> Train
             local_iter += 1
             if state == "failed":
                 break
+            if stop is not None and logged and _any_rank(bool(stop.reason), ddp, device):  # one collective under DDP
+                stopped, reason = True, stop.reason or "stopped by another rank"
+                log.info("stopping: %s; saving a final checkpoint at iteration %d", reason, iter_num)
+                break
+        if stopped and master and local_iter > 0:
+            if _weights_finite(raw_model):  # never replace a good checkpoint with a diverged model
+                ckpt = _checkpoint(raw_model, optimizer, model_args, iter_num, best_val_loss, cfg, data.chars)
+                checkpoint_errors += not _save(cfg, ckpt, iter_num, notify)
+            else:
+                log.warning("not saving a final checkpoint: the weights are not finite; the last one is kept")
     except BaseException as e:
         notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed",
                                            f"{type(e).__name__}: {e}", time.time()))  # fmt: skip
@@ -291,7 +335,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None) -> Train
     notify("on_run_end", events.RunEnd(last_iter, state, reason, time.time()))
     return TrainResult(run_id=run_id, state=state, reason=reason, iteration=last_iter, iterations_run=local_iter,
                        last_loss=lossf, best_val_loss=best_val_loss, checkpoint_errors=checkpoint_errors,
-                       param_digest=_param_digest(raw_model))  # fmt: skip
+                       param_digest=_param_digest(raw_model), stopped=stopped)  # fmt: skip
 
 
 if __name__ == "__main__":

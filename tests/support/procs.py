@@ -155,10 +155,12 @@ class Prometheus(Process):
 
     def __init__(self, workdir: Path, targets: list[str], *, scrape_interval: str = "1s",
                  rule_files: list[Path] = (), alertmanager: str | None = None,
-                 evaluation_interval: str = "1s", extra_labels: dict | None = None):
+                 evaluation_interval: str = "1s", extra_labels: dict | None = None, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()):
+        """`port`: a given one (a restart on the same address); `extra_args`: more Prometheus flags."""
         binary = require("prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
@@ -177,7 +179,7 @@ class Prometheus(Process):
         super().__init__([
             binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-            "--log.level=warn",
+            "--log.level=warn", *extra_args,
         ], workdir / "prometheus.log")
         wait_until(lambda: http_get(f"{self.url}/-/ready", timeout=1), timeout=30, what="Prometheus ready")
 
@@ -214,10 +216,10 @@ class Prometheus(Process):
 class Alertmanager(Process):
     """A real Alertmanager (Debian package) with the given YAML config, no clustering."""
 
-    def __init__(self, workdir: Path, config_text: str):
+    def __init__(self, workdir: Path, config_text: str, port: int | None = None):
         binary = require("prometheus-alertmanager")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"
         config_path = workdir / "alertmanager.yml"
