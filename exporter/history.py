@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from operator import attrgetter
@@ -257,20 +258,49 @@ class History:
 class MetricsLog:
     """JSON lines on disk, one per logged point, appended and flushed as they come."""
 
+    # Lines that could not be written (disk full) wait here, bounded, and go out with the
+    # next write that succeeds, so a full disk leaves no gap once space comes back.
+    MAX_PENDING = 100_000
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._file: Optional[io.TextIOWrapper] = None
         self._lock = threading.Lock()
+        self._pending: deque[str] = deque(maxlen=self.MAX_PENDING)
 
     def append(self, point: Point) -> None:
-        """Write one point as a line and flush it (the file is opened on first use)."""
-        line = point.json + "\n"
+        """Write one point as a line and flush it (the file is opened on first use).
+
+        On an OSError the line (and any earlier unwritten ones) is kept for the next
+        append and the error re-raised for the caller to count."""
         with self._lock:
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered
-            self._file.write(line)
-            self._file.flush()
+            self._pending.append(point.json + "\n")
+            try:
+                if self._file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered
+                    if self._file.tell() > 0 and not self._ends_with_newline():
+                        self._file.write("\n")  # seal a line torn by an earlier failed write
+                while self._pending:
+                    self._file.write(self._pending[0])
+                    self._file.flush()
+                    self._pending.popleft()
+            except OSError:
+                self._drop_file_locked()  # reopen next time: the buffer may hold a torn line
+                raise
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def _drop_file_locked(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the failed flush is retried from _pending, not from this buffer
+            self._file = None
 
     def read(self) -> Iterator[Point]:
         """Every complete, well-formed point in the file, oldest first. A line re-logging the

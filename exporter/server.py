@@ -102,9 +102,6 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_SECONDS  # StreamRequestHandler applies it to the socket
     server_version = "nanogpt-monitor"
     protocol_version = "HTTP/1.0"  # one request per connection: streams and CSV end by closing
-    # a request line without a version ("GET /metrics") is HTTP/0.9 to http.server, which then answers
-    # a bare body with no status line or headers; answer it as HTTP/1.0 like any other request
-    default_request_version = "HTTP/1.0"
 
     def setup(self) -> None:
         super().setup()
@@ -159,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_response(self, code: int, message: Optional[str] = None) -> None:
         self._responded = True
+        if self.request_version == "HTTP/0.9":  # ("GET /" with no version, or HTTP/0.9 named)
+            self.request_version = "HTTP/1.0"  # http.server would answer a bare body: no status, no headers
         super().send_response(code, message)
 
     def end_headers(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import secrets
 import time
 import tomllib
@@ -130,6 +131,8 @@ def _check_type(key: str, value: Any, origin: str) -> Any:
     if not ok:
         article = "an" if kind == "int" else "a"
         raise ConfigError(f"{key} must be {article} {kind}, got {value!r} ({origin})")
+    if kind == "float" and not (abs(value) < 1e308 and math.isfinite(value)):  # nan, inf, 10**400 (TOML)
+        raise ConfigError(f"{key} must be a finite number, got {value!r} ({origin})")
     return float(value) if kind == "float" else value
 
 
@@ -198,7 +201,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports mistakes as a ConfigError instead of usage + exit."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(message)
+        raise ConfigError(message.replace("\r", "\\r").replace("\n", "\\n"))  # argv may hold newlines
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,86 @@
+"""Benchmark (not a test): a days-long run's worth of logged points through the exporter, no torch.
+
+Drives a TrainingMonitor through its public API (iteration + log every step, an eval every 1,000)
+with N points (default a million), its HTTP server running, and prints at each checkpoint the
+process RSS (from /proc/self/status), the in-memory history length and the cost of one
+iteration()+log() pair; at the end, the latency of /metrics, /api/status, /api/history and
+/export.csv over real HTTP. Memory and history length must stay flat after the history fills.
+
+    python bench/longrun.py [--points 1000000] [--every 100000] [--metrics-log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporter import TrainingMonitor  # noqa: E402
+
+START = 1_700_000_000.0  # simulated unix time: one logged iteration a second
+MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0, bias=False)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (VmRSS is in kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def latency_ms(url: str, repeats: int) -> tuple[float, int]:
+    """(median ms of `repeats` GETs of `url`, bytes of the last answer)."""
+    times, size = [], 0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=120) as r:
+            size = len(r.read())
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--every", type=int, default=100_000, help="print a checkpoint line every N points")
+    parser.add_argument("--metrics-log", action="store_true", help="also append every point to a metrics log")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "metrics.jsonl" if args.metrics_log else None
+        monitor = TrainingMonitor(run_id="longrun", rank=0, metrics_log=log_path)
+        monitor.run_started(max_iterations=args.points, tokens_per_iteration=768, model_config=MODEL,
+                            parameters={"total": 800_000}, start_time=START)
+        server = monitor.serve(host="127.0.0.1", port=0)
+        print(f"start: rss {rss_mb():.1f} MiB, metrics log {'on' if log_path else 'off'}")
+        print(f"{'points':>9} {'rss MiB':>8} {'history':>8} {'us/step':>8}")
+        chunk_started = time.perf_counter()
+        for i in range(1, args.points + 1):
+            t = START + i
+            monitor.iteration(iteration=i, tokens=768, timestamp=t)
+            if i % 1000 == 0:
+                monitor.evaluated(iteration=i, train_loss=2.0, val_loss=2.1, best_val_loss=2.1)
+            monitor.log(iteration=i, loss=1.5 + 2.5 / (1 + i / 20_000) + 0.01 * (i % 7), lr=6e-4,
+                        step_seconds=0.1, tokens_per_second=7680.0, elapsed_seconds=float(i), timestamp=t)
+            if i % args.every == 0:
+                per_step = (time.perf_counter() - chunk_started) / args.every * 1e6
+                print(f"{i:>9,} {rss_mb():>8.1f} {len(monitor.history):>8,} {per_step:>8.1f}", flush=True)
+                chunk_started = time.perf_counter()
+        for path, repeats in (("/metrics", 50), ("/api/status", 20), ("/api/history", 10),
+                              ("/api/history?since=" + str(args.points - 100), 50), ("/export.csv", 3)):
+            ms, size = latency_ms(server.url + path, repeats)
+            print(f"GET {path:<28} median {ms:8.2f} ms  {size / 1024:9.1f} KiB")
+        print(f"end: rss {rss_mb():.1f} MiB, history {len(monitor.history):,} points")
+        server.close()
+        monitor.close()
+
+
+if __name__ == "__main__":
+    main()
