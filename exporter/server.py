@@ -4,6 +4,9 @@ A stdlib ThreadingHTTPServer in a daemon thread: one daemon thread per
 connection, a socket timeout on every connection (a slow or stuck client gets
 dropped and never blocks /metrics or training), and `close()` that stops the
 listener and ends open event streams. Routes live in one table, `ROUTES`.
+Request work takes turns under a duty-cycle limit (exporter.limiter, `max_busy_ratio`,
+default 0.2 of one core), so a storm of clients waits instead of slowing training;
+/healthz is exempt.
 Only GET is served; nothing maps a request path to a file.
 
 Basic auth and TLS, when a web config is given (exporter.webconfig), cover
@@ -16,6 +19,7 @@ from __future__ import annotations
 import errno
 import gzip
 import importlib
+import itertools
 import json
 import logging
 import math
@@ -29,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from .limiter import DEFAULT_MAX_BUSY_RATIO, DutyLimiter
 from .webconfig import BasicAuth, WebConfig
 
 if TYPE_CHECKING:
@@ -174,10 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _send_json(self, value: Any) -> None:
-        self._send(200, json_bytes(value), "application/json")
+            with self.owner.limiter.charged():  # outside a turn: a slow reader must not hold everyone's
+                self.wfile.write(body)
 
     def _send_lines(self, lines: Iterable[str], content_type: str, headers: dict) -> None:
         """Stream text without holding it all: no Content-Length, the connection close ends it."""
@@ -186,54 +189,60 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        chunk: list[str] = []
-        for line in lines:
-            chunk.append(line)
-            if len(chunk) >= 512:
-                self.wfile.write("".join(chunk).encode())
-                chunk.clear()
-        self.wfile.write("".join(chunk).encode())
+        lines, limiter, more = iter(lines), self.owner.limiter, True
+        while more:
+            with self.owner.limiter.turn():  # one turn per chunk: a long export yields to scrapes in between
+                chunk = list(itertools.islice(lines, 512))
+                data, more = "".join(chunk).encode(), len(chunk) == 512
+            with limiter.charged():
+                self.wfile.write(data)
 
     # --- routes ----------------------------------------------------------------------------------
 
     def route_metrics(self, query: dict) -> None:
         """Prometheus exposition as prometheus_client negotiates it (OpenMetrics, gzip, name[] filter)."""
-        started = time.perf_counter()
-        encoder, content_type = choose_encoder(self.headers.get("Accept"))
-        registry = self.monitor.registry
-        if "name[]" in query:
-            registry = registry.restricted_registry(query["name[]"])
-        output = encoder(registry)
-        headers = {}
-        if gzip_accepted(self.headers.get("Accept-Encoding")):
-            output = gzip.compress(output)
-            headers["Content-Encoding"] = "gzip"
-        self.monitor.metrics.scrape_duration.set(time.perf_counter() - started)
+        with self.owner.limiter.turn():
+            started = time.perf_counter()
+            encoder, content_type = choose_encoder(self.headers.get("Accept"))
+            registry = self.monitor.registry
+            if "name[]" in query:
+                registry = registry.restricted_registry(query["name[]"])
+            output = encoder(registry)
+            headers = {}
+            if gzip_accepted(self.headers.get("Accept-Encoding")):
+                output = gzip.compress(output)
+                headers["Content-Encoding"] = "gzip"
+            self.monitor.metrics.scrape_duration.set(time.perf_counter() - started)
         self._send(200, output, content_type, headers)
 
-    def route_healthz(self, query: dict) -> None:
+    def route_healthz(self, query: dict) -> None:  # no turn: a liveness probe must answer at once
         self._send(200, b"ok\n", "text/plain; charset=utf-8")
 
     def route_status(self, query: dict) -> None:
-        status = self.monitor.status()
-        if status is None:  # status() is guarded: it counted and logged its error
-            raise RuntimeError("status snapshot failed")
-        self._send_json(status)
+        with self.owner.limiter.turn():
+            status = self.monitor.status()
+            if status is None:  # status() is guarded: it counted and logged its error
+                raise RuntimeError("status snapshot failed")
+            body = json_bytes(status)
+        self._send(200, body, "application/json")
 
     def route_history(self, query: dict) -> None:
         """?since=ITER for the tail; ?format=columns (with ?fields=a,b) for an array per field."""
         since = _cursor(query.get("since", [None])[-1], "since")
         fields = query.get("fields", [None])[-1]
         try:
-            body = self.monitor.history.to_json(self.monitor.run_id, self.monitor.rank, since,
-                                                layout=query.get("format", ["points"])[-1],
-                                                names=None if fields is None else fields.split(","))
+            with self.owner.limiter.turn():
+                body = self.monitor.history.to_json(self.monitor.run_id, self.monitor.rank, since,
+                                                    layout=query.get("format", ["points"])[-1],
+                                                    names=None if fields is None else fields.split(","))
         except ValueError as e:  # a bad format or field name: the client's to fix
             raise BadRequest(str(e)) from None
         self._send(200, body, "application/json")
 
     def route_model(self, query: dict) -> None:
-        self._send_json(self.monitor.model())
+        with self.owner.limiter.turn():
+            body = json_bytes(self.monitor.model())
+        self._send(200, body, "application/json")
 
     def route_export_csv(self, query: dict) -> None:
         safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", self.monitor.run_id)
@@ -249,7 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
             page = None
         if page is None:
             return self._send(200, LANDING_PAGE.encode(), "text/html; charset=utf-8")
-        body, headers = page.render(self.monitor)  # headers: the page's CSP, nosniff
+        with self.owner.limiter.turn():
+            body, headers = page.render(self.monitor)  # headers: the page's CSP, nosniff
         self._send(200, body, "text/html; charset=utf-8", headers)
 
     def route_stream(self, query: dict) -> None:
@@ -268,19 +278,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer the stream
         self.end_headers()
         self.wfile.write(f"retry: {SSE_RETRY_MILLISECONDS}\n\n".encode())
-        monitor, sent_status = self.monitor, None
+        monitor, sent_status, limiter = self.monitor, None, self.owner.limiter
         with self.owner.track_stream():
             while not self.owner.closing.is_set():
                 generation = monitor.generation  # read before the data: a change after it wakes us
                 events = []
-                for point in monitor.history.since(cursor):
-                    events.append(f"id: {point.iteration}\nevent: point\ndata: {point.json}\n\n")
-                    cursor = point.iteration
-                if monitor.status_version != sent_status:
-                    sent_status = monitor.status_version
-                    events.append(f"event: status\ndata: {json_bytes(monitor.status()).decode()}\n\n")
+                with self.owner.limiter.turn():  # a turn per wake-up with news; an idle stream holds none
+                    for point in monitor.history.since(cursor):
+                        events.append(f"id: {point.iteration}\nevent: point\ndata: {point.json}\n\n")
+                        cursor = point.iteration
+                    if monitor.status_version != sent_status:
+                        sent_status = monitor.status_version
+                        events.append(f"event: status\ndata: {json_bytes(monitor.status()).decode()}\n\n")
+                    data = "".join(events).encode()
                 if events:
-                    self.wfile.write("".join(events).encode())
+                    with limiter.charged():
+                        self.wfile.write(data)
                 if monitor.wait_for_change(generation, self.owner.keepalive_seconds, self.owner.closing) == generation:
                     if not self.owner.closing.is_set():
                         self.wfile.write(b": keepalive\n\n")
@@ -313,12 +326,14 @@ class MetricsServer:
 
     def __init__(self, monitor: "TrainingMonitor", host: str = "127.0.0.1", port: int = 0,
                  keepalive_seconds: float = KEEPALIVE_SECONDS, request_timeout: float = REQUEST_TIMEOUT_SECONDS,
-                 web_config: Optional[WebConfig] = None):
+                 web_config: Optional[WebConfig] = None, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO):
         self.monitor, self.keepalive_seconds = monitor, keepalive_seconds
         web_config = web_config or WebConfig()
         self.scheme = web_config.scheme
         self.auth = BasicAuth(web_config.users) if web_config.users else None
         self.closing = threading.Event()
+        # request work may take at most this share of one core: a storm of clients waits, training does not
+        self.limiter = DutyLimiter(max_busy_ratio, stop=self.closing)
         self.request_timeout = request_timeout
         self._heads: dict[socket.socket, float] = {}  # connection -> monotonic deadline for its request head
         self._heads_lock = threading.Lock()
@@ -387,6 +402,7 @@ class MetricsServer:
         if self.closing.is_set():
             return
         self.closing.set()
+        self.limiter.wake()
         self.monitor.wake_waiters()
         self._httpd.shutdown()
         self._httpd.server_close()
