@@ -63,6 +63,7 @@ class TrainingMetrics:
     loss_nonfinite: Counter
     last_iteration_timestamp: Gauge
     last_checkpoint_timestamp: Gauge
+    checkpoint_failures: Counter
     start_time: Gauge
     state: dict  # state name -> Gauge child (1 for the current state, 0 for the others)
     parameters: Gauge  # the parent: .labels(run_id, rank, component)
@@ -146,6 +147,9 @@ def create_metrics(registry: CollectorRegistry, run_id: str, rank: int) -> Train
                                        "Unix time the last iteration completed (the run's start time until one has).", 0),
         last_checkpoint_timestamp=gauge("nanogpt_last_checkpoint_timestamp_seconds",
                                         "Unix time the last checkpoint was saved (0 before the first).", 0),
+        checkpoint_failures=counter("nanogpt_checkpoint_failures",
+                                    "Checkpoint saves that failed (disk full, out_dir not writable); the previous "
+                                    "checkpoint is kept and training goes on."),
         start_time=gauge("nanogpt_training_start_time_seconds", "Unix time the run (this process) started.", 0),
         state={name: state.labels(*labels, name) for name in STATES},
         parameters=parameters,

@@ -92,7 +92,7 @@ class TrainingMonitor:
             "world_size": 1, "state": "starting", "iteration": 0, "max_iterations": 0, "start_time": None,
             "end_time": None, "reason": "", "val_loss": None, "eval_train_loss": None, "best_val_loss": None,
             "parameters_total": None, "dataset": "", "device": "", "dtype": "", "last_checkpoint": None,
-            "tokens_per_iteration": None,
+            "last_checkpoint_error": None, "tokens_per_iteration": None,
         }
         self._model_config: dict = {}
         self._parameters: dict = {}
@@ -221,6 +221,15 @@ class TrainingMonitor:
                                              "seconds": _number(seconds), "timestamp": timestamp})
 
     @_guarded
+    def checkpoint_failed(self, iteration: int, path: str = "", error: str = "",
+                          timestamp: Optional[float] = None) -> None:
+        """After a checkpoint could not be written; the previous one is still the last good one."""
+        self.metrics.checkpoint_failures.inc()
+        timestamp = time.time() if timestamp is None else float(timestamp)
+        self._update_status(last_checkpoint_error={"iteration": int(iteration), "path": str(path),
+                                                   "error": str(error), "timestamp": timestamp})
+
+    @_guarded
     def run_ended(self, iteration: int, state: str = "finished", reason: str = "",
                   timestamp: Optional[float] = None) -> None:
         """Once when the loop ends: state "finished" or "failed"."""
@@ -307,6 +316,7 @@ class TrainingMonitor:
             "elapsed_seconds": end - s["start_time"] if s["start_time"] is not None else None,
             "start_time": s["start_time"], "parameters_total": s["parameters_total"], "dataset": s["dataset"],
             "device": s["device"], "dtype": s["dtype"], "last_checkpoint": s["last_checkpoint"],
+            "last_checkpoint_error": s["last_checkpoint_error"],
             "trend": {"state": loss_trend.state, "improvement_ratio": loss_trend.improvement_ratio,
                       "window_seconds": loss_trend.window_seconds, "threshold": loss_trend.threshold},
             "average_loss": {"window_seconds": trend.WINDOW_SECONDS, "value": trend.average_loss(samples)},

@@ -92,6 +92,9 @@ class _MonitorObserver(events.Observer):
     def on_checkpoint(self, event: events.CheckpointSaved) -> None:
         self.monitor.checkpoint_saved(**dataclasses.asdict(event))
 
+    def on_checkpoint_failed(self, event: events.CheckpointFailed) -> None:
+        self.monitor.checkpoint_failed(**dataclasses.asdict(event))
+
     def on_run_end(self, event: events.RunEnd) -> None:
         self.monitor.run_ended(**dataclasses.asdict(event))
 

@@ -77,6 +77,16 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class CheckpointFailed:
+    """A checkpoint could not be written (disk full, read-only out_dir); training goes on."""
+
+    iteration: int
+    path: str
+    error: str  # one line, e.g. "[Errno 28] No space left on device"
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class RunEnd:
     """Once, when the loop ends: state is "finished" or "failed"."""
 
@@ -102,5 +112,7 @@ class Observer:
     def on_eval(self, event: EvalResult) -> None: ...
 
     def on_checkpoint(self, event: CheckpointSaved) -> None: ...
+
+    def on_checkpoint_failed(self, event: CheckpointFailed) -> None: ...
 
     def on_run_end(self, event: RunEnd) -> None: ...

@@ -151,6 +151,7 @@ def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: _SafeObserver) -
         save_checkpoint(state, path, save=slow_save(cfg.slow_save_seconds) if cfg.slow_save_seconds else torch.save)
     except (OSError, RuntimeError) as e:
         log.error("error: could not save checkpoint to %s (%s); the previous one is kept, training goes on", path, e)
+        notify("on_checkpoint_failed", events.CheckpointFailed(iter_num, str(path), str(e), time.time()))
         return False
     seconds = time.perf_counter() - t0
     log.info("saved checkpoint to %s (%.2fs)", path, seconds)

@@ -118,6 +118,19 @@ def test_run_ended_sets_the_final_state_and_stops_the_eta():
     assert monitor.status()["eta_seconds"] is None
 
 
+def test_a_failed_checkpoint_save_is_counted_and_the_last_good_one_stays_in_the_status():
+    monitor = started()
+    monitor.checkpoint_saved(iteration=20, path="out/ckpt.pt", seconds=0.1, timestamp=1020.0)
+    monitor.checkpoint_failed(iteration=40, path="out/ckpt.pt", error="[Errno 28] No space left on device",
+                              timestamp=1040.0)
+    assert value(monitor, "nanogpt_checkpoint_failures_total") == 1
+    assert value(monitor, "nanogpt_last_checkpoint_timestamp_seconds") == 1020.0
+    status = monitor.status()
+    assert status["last_checkpoint"]["iteration"] == 20
+    assert status["last_checkpoint_error"] == {"iteration": 40, "path": "out/ckpt.pt",
+                                               "error": "[Errno 28] No space left on device", "timestamp": 1040.0}
+
+
 @pytest.mark.parametrize("call", [
     lambda m: m.iteration(iteration=1, tokens=-5, timestamp=1.0),  # a counter cannot go down
     lambda m: m.log(iteration=1, loss="not a number"),

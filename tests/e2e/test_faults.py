@@ -305,6 +305,8 @@ def test_a_checkpoint_that_cannot_be_written_is_an_error_line_and_training_goes_
                        timeout=60, what="a metrics-log write failing on the full disk")  # fmt: skip
         assert load_checkpoint(out_dir / "ckpt.pt")["iter_num"] == good
         assert status(trainer)["last_checkpoint"]["iteration"] == good
+        assert sample(trainer, "nanogpt_checkpoint_failures_total") >= 1
+        assert status(trainer)["last_checkpoint_error"]["iteration"] > good
         assert not list(out_dir.glob(CKPT_TEMP))
         assert "Traceback" not in trainer.output()
 
