@@ -180,7 +180,7 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
     """Join DDP, serve metrics, train, print the summary, linger; returns the exit code."""
     from nanogpt.train import train
 
-    local_rank = 0
+    local_rank, trained = 0, False
     try:
         if distributed:
             cfg, rank, local_rank = _init_distributed(cfg)
@@ -189,6 +189,7 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
         log.info("run_id: %s", cfg.run_id)
         observer = None if cfg.no_metrics else build_observer(cfg, rank, local_rank)
         result = train(cfg, observer, signals.stop)
+        trained = True
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -200,6 +201,10 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if trained:
+                    # leave together: a rank tearing gloo down while a peer is still busy (rank 0's
+                    # last eval and checkpoint) can abort that peer ("terminate called ...")
+                    dist.barrier()
                 dist.destroy_process_group()
     summary = (f"run {result.run_id} {result.state}{': ' + result.reason if result.reason else ''}: "
                f"iteration {result.iteration}, params sha256 {result.param_digest}")  # fmt: skip
