@@ -117,7 +117,7 @@ def training() -> dashboard.Dashboard:
                                      legend="{{component}}")).height(8).span(10)))
     d = (d.with_row(dashboard.Row("Health"))
          .with_panel(time_chart("Firing alerts", "ALERTS of the selected runs (prometheus/rules).",
-                                query(f'ALERTS{{alertstate="firing", run_id=~"$run_id"}}',
+                                query('ALERTS{alertstate="firing", run_id=~"$run_id"}',
                                       legend="{{alertname}} {{run_id}} ({{severity}})")).height(8).span(8))
          .with_panel(time_chart("Process memory", "Resident memory of each trainer process.",
                                 query(per_run_process("process_resident_memory_bytes")), unit="bytes")

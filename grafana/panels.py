@@ -143,7 +143,7 @@ def eta_panel() -> stat.Panel:
 
 def firing_alerts_panel() -> stat.Panel:
     """How many alerts fire for the selected runs: green 0, red otherwise."""
-    expr = f'count(ALERTS{{alertstate="firing", run_id=~"$run_id"}}) or vector(0)'
+    expr = 'count(ALERTS{alertstate="firing", run_id=~"$run_id"}) or vector(0)'
     return stat_panel("Firing alerts", "Alerts of prometheus/rules firing now for the selected runs.",
                       query(expr, legend="firing", instant=True)).thresholds(thresholds((None, "green"), (1, "red")))
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import TrainingMonitor
-from tests.test_server_hardening import MODEL, ROUTES, exchange, parse_response
+from tests.support.raw_http import MODEL, ROUTES, exchange, parse_response
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

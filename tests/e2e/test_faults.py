@@ -22,7 +22,7 @@ import torch
 
 from exporter.history import MetricsLog
 from nanogpt.checkpoint import load_checkpoint
-from tests.e2e.test_alerts import SCALE, Webhook, alertmanager_config, delivered
+from tests.support.alerting import SCALE, Webhook, alertmanager_config, delivered
 from tests.support.procs import Alertmanager, Prometheus, Trainer, free_port, http_get, http_json, wait_until
 from tests.support.rules import write_scaled_rules
 

@@ -13,7 +13,6 @@ import io
 import os
 import signal
 import struct
-import time
 from pathlib import Path
 
 import pytest
