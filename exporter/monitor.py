@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry
 
 from . import architecture, trend
 from .history import History, MetricsLog, Point, csv_lines
-from .metrics import INFO_KEYS, TrainingMetrics, create_metrics
+from .catalogue import INFO_KEYS
+from .metrics import TrainingMetrics, create_metrics
 from .server import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,8 @@ class TrainingMonitor:
                   eval_seconds: Optional[float] = None, timestamp: Optional[float] = None) -> None:
         """After an evaluation. Its losses join the history point logged at the same iteration."""
         m, train_loss, val_loss = self.metrics, float(train_loss), float(val_loss)
-        m.eval_loss_train.set(train_loss)
-        m.eval_loss_val.set(val_loss)
+        m.eval_loss["train"].set(train_loss)
+        m.eval_loss["val"].set(val_loss)
         if eval_seconds is not None:
             m.eval_duration.set(float(eval_seconds))
         self._update_status(eval_train_loss=train_loss, val_loss=val_loss, best_val_loss=_number(best_val_loss))

@@ -17,6 +17,8 @@ from grafana_foundation_sdk.models.dashboard import (
     ThresholdsMode, ValueMap, ValueMappingResult, VariableHide, VariableRefresh, VariableSort,
 )
 
+from exporter.catalogue import STATES
+
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 
 # The run and rank the viewer picked: multi-value variables expand to a regex.
@@ -25,7 +27,6 @@ LEGEND = "{{run_id}} rank {{rank}}"
 
 # SPEC: nanogpt_training_state{state=...}, encoded 0..3 so one series per run
 # carries the state and a range query's last value survives the run's end.
-STATES = ("starting", "running", "finished", "failed")
 STATE_COLOURS = ("blue", "green", "text", "red")
 
 # nanogpt:loss_trend values (prometheus/rules/nanogpt-recording.yml), same

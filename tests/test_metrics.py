@@ -7,7 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metrics import ITERATION_DURATION_BUCKETS, PARAMETER_COMPONENTS, STATES, create_metrics
+from exporter.catalogue import ITERATION_DURATION_BUCKETS, PARAMETER_COMPONENTS, STATES
+from exporter.metrics import create_metrics
 from tests.support.procs import require
 
 # SPEC.md's metric table: exposed sample name -> (type, extra label that must be present or None)

@@ -1,0 +1,143 @@
+"""The metric catalogue: every metric the exporter serves, declared once, as data.
+
+Each entry gives the name as registered, its type, HELP text, the labels it
+carries besides `run_id` and `rank`, and the values of those labels that exist
+from the first scrape. `exporter.metrics` registers from this list; the
+README's metrics table (`python -m exporter.catalogue` prints it), the SPEC
+name test and the Grafana generator's state list come from it or are checked
+against it. This module holds data only: it imports no client library, so
+anything (the dashboard generator, a test) can read it.
+
+Not here: the client library's own process, platform and GC collectors.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+# Every training series carries these; run_id is one per run, like `instance`.
+LABELS = ("run_id", "rank")
+
+# SPEC: nanogpt_training_state{state=...}; the first state is the initial one.
+STATES = ("starting", "running", "finished", "failed")
+
+# SPEC: nanogpt_model_parameters{component=...}; tied weights are counted once.
+PARAMETER_COMPONENTS = (
+    "total", "token_embedding", "position_embedding", "attention", "mlp", "layernorm", "lm_head",
+)
+
+# SPEC: nanogpt_model_config{field=...}; other numeric fields the trainer sends are added when seen.
+CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
+
+# SPEC: nanogpt_run_info keys (besides run_id and rank).
+INFO_KEYS = ("dataset", "device", "dtype", "world_size", "version")
+
+# Seconds per iteration: from ~1 ms (a tiny CPU model) to 10 min (huge gradient accumulation).
+ITERATION_DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, math.inf,
+)
+
+KINDS = ("gauge", "counter", "summary", "histogram", "info")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric family. `key` names it in code (TrainingMetrics attributes)."""
+
+    key: str
+    name: str  # as registered: counters without `_total`, info without `_info` (the client adds them)
+    kind: str  # one of KINDS
+    help: str
+    label: str | None = None  # the one label besides run_id and rank, if any
+    values: tuple[str, ...] = ()  # that label's values present from the first scrape (info: its keys)
+    initial: float | None = math.nan  # gauges only: the value before any event (NaN = not known yet)
+    buckets: tuple[float, ...] = ()  # histograms only
+
+    @property
+    def exposed(self) -> tuple[str, ...]:
+        """The sample names a scrape shows for this family (what PromQL queries)."""
+        suffixes = {"gauge": ("",), "counter": ("_total",), "summary": ("_sum", "_count"),
+                    "histogram": ("_bucket", "_sum", "_count"), "info": ("_info",)}[self.kind]
+        return tuple(self.name + suffix for suffix in suffixes)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("iteration", "nanogpt_iteration", "gauge",
+           "Current iteration number (continues after a resume).", initial=0),
+    Metric("max_iterations", "nanogpt_max_iterations", "gauge", "Target iteration count of the run.", initial=0),
+    Metric("iterations", "nanogpt_iterations", "counter", "Iterations completed by this process."),
+    Metric("tokens", "nanogpt_tokens", "counter", "Tokens trained on by this rank."),
+    Metric("train_loss", "nanogpt_train_loss", "gauge",
+           "Training loss at the last logged iteration (NaN when not finite)."),
+    Metric("train_loss_ema", "nanogpt_train_loss_ema", "gauge",
+           "Debiased exponential moving average (beta 0.9, TensorBoard-style) of the finite logged training "
+           "losses."),
+    Metric("logged_loss", "nanogpt_logged_loss", "summary",
+           "Every finite logged training loss: rate(_sum[w]) / rate(_count[w]) is the exact mean over a window."),
+    Metric("eval_loss", "nanogpt_eval_loss", "gauge",
+           "Mean loss of the last evaluation (estimate_loss) on a split.", label="split", values=("train", "val")),
+    Metric("eval_duration", "nanogpt_eval_duration_seconds", "gauge", "Wall time of the last evaluation."),
+    Metric("learning_rate", "nanogpt_learning_rate", "gauge", "Learning rate at the last logged iteration."),
+    Metric("grad_norm", "nanogpt_grad_norm", "gauge",
+           "Gradient norm before clipping at the last logged iteration (NaN when clipping is off)."),
+    Metric("iteration_duration", "nanogpt_iteration_duration_seconds", "histogram",
+           "Wall time between consecutive completed iterations on this rank, one observation per iteration "
+           "(evaluations and checkpoints included at the iterations that run them).",
+           buckets=ITERATION_DURATION_BUCKETS),
+    Metric("mfu", "nanogpt_mfu_ratio", "gauge",
+           "Model FLOPs utilisation estimate, 0..1 (NaN until enough steps were timed)."),
+    Metric("loss_nonfinite", "nanogpt_loss_nonfinite", "counter",
+           "Logged iterations whose training loss was NaN or infinite."),
+    Metric("last_iteration_timestamp", "nanogpt_last_iteration_timestamp_seconds", "gauge",
+           "Unix time the last iteration completed (the run's start time until one has).", initial=0),
+    Metric("last_checkpoint_timestamp", "nanogpt_last_checkpoint_timestamp_seconds", "gauge",
+           "Unix time the last checkpoint was saved (0 before the first).", initial=0),
+    Metric("checkpoint_failures", "nanogpt_checkpoint_failures", "counter",
+           "Checkpoint saves that failed (disk full, out_dir not writable); the previous checkpoint is kept and "
+           "training goes on."),
+    Metric("start_time", "nanogpt_training_start_time_seconds", "gauge",
+           "Unix time the run (this process) started.", initial=0),
+    Metric("state", "nanogpt_training_state", "gauge",
+           "Training state: 1 for the current state (starting, running, finished, failed), else 0.",
+           label="state", values=STATES, initial=None),
+    Metric("parameters", "nanogpt_model_parameters", "gauge",
+           "Model parameter count per component (tied weights counted once; total is their sum).",
+           label="component", values=PARAMETER_COMPONENTS),
+    Metric("model_config", "nanogpt_model_config", "gauge",
+           "Model configuration value per field (n_layer, n_head, n_embd, block_size, vocab_size, dropout).",
+           label="field", values=CONFIG_FIELDS),
+    Metric("run_info", "nanogpt_run", "info",
+           "The run: dataset, device, dtype, world size and nanogpt-monitor version.", values=INFO_KEYS),
+    Metric("exporter_errors", "nanogpt_exporter_errors", "counter",
+           "Exceptions caught inside the exporter (logged once per site, never raised into training)."),
+    Metric("scrape_duration", "nanogpt_exporter_scrape_duration_seconds", "gauge",
+           "Time the exporter took to render the previous /metrics answer.", initial=0),
+)
+
+BY_KEY = {metric.key: metric for metric in METRICS}
+
+
+def exposed_names() -> dict[str, Metric]:
+    """Every sample name a scrape shows -> its family (e.g. nanogpt_tokens_total -> tokens)."""
+    return {name: metric for metric in METRICS for name in metric.exposed}
+
+
+def markdown_table() -> str:
+    """The README's metrics table, one row per family, as PromQL names it."""
+    rows = ["| metric | type | labels besides run_id, rank | meaning |", "| --- | --- | --- | --- |"]
+    for m in METRICS:
+        name = m.exposed[0] if m.kind in ("counter", "info") else m.name
+        labels = f"`{m.label}`: {', '.join(m.values)}" if m.label else ""
+        if m.kind == "info":
+            labels = ", ".join(m.values)
+        if m.kind == "histogram":
+            labels = "`le`"
+        rows.append(f"| `{name}` | {m.kind} | {labels} | {m.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m exporter.catalogue > table.md
+    sys.stdout.write(markdown_table())

@@ -1,0 +1,75 @@
+"""exporter.catalogue is the one declaration of every metric: the registry, the README table,
+the dashboards and the rules are derived from it or checked against it."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from exporter import catalogue
+from exporter.metrics import create_metrics
+from tests.support.grafana import load_dashboards, targets
+from tests.test_metrics import SPEC_METRICS
+
+REPO = Path(__file__).resolve().parents[1]
+NANOGPT_NAME = re.compile(r"\bnanogpt_[a-z_]+")  # a series name in PromQL (recording rules use colons)
+
+
+def scraped_families() -> dict[str, tuple[str, list]]:
+    """Family name -> (type, samples) of a fresh monitor's first scrape, nanogpt_ families only."""
+    registry = CollectorRegistry()
+    create_metrics(registry, "r", 0)
+    return {f.name: (f.type, f.samples) for f in registry.collect() if f.name.startswith("nanogpt_")}
+
+
+def test_the_registry_serves_exactly_the_catalogue():
+    scraped = scraped_families()
+    assert sorted(scraped) == sorted(m.name for m in catalogue.METRICS)
+    for metric in catalogue.METRICS:
+        assert scraped[metric.name][0] == metric.kind, metric.name
+
+
+@pytest.mark.parametrize("metric", [m for m in catalogue.METRICS if m.label], ids=lambda m: m.name)
+def test_declared_label_values_exist_from_the_first_scrape(metric):
+    _, samples = scraped_families()[metric.name]
+    assert {s.labels[metric.label] for s in samples if metric.label in s.labels} == set(metric.values)
+
+
+def test_info_keys_are_the_declared_ones():
+    metric = catalogue.BY_KEY["run_info"]
+    _, samples = scraped_families()[metric.name]
+    assert set(samples[0].labels) == {*catalogue.LABELS, *metric.values}
+
+
+def test_every_spec_metric_is_in_the_catalogue():
+    assert set(SPEC_METRICS) <= set(catalogue.exposed_names())
+
+
+def test_readme_metrics_table_is_the_generated_one():
+    readme = (REPO / "README.md").read_text()
+    assert catalogue.markdown_table() in readme, "README metrics table is stale: run `python -m exporter.catalogue`"
+
+
+def test_every_metric_a_dashboard_queries_is_in_the_catalogue():
+    known = catalogue.exposed_names()
+    for uid, board in load_dashboards().items():
+        for title, target in targets(board):
+            for name in NANOGPT_NAME.findall(target.get("expr", "")):
+                assert name in known, f"{uid} panel {title!r} queries {name}, which the catalogue does not declare"
+
+
+def test_every_metric_a_rule_reads_is_in_the_catalogue():
+    known = catalogue.exposed_names()
+    for path in sorted((REPO / "prometheus" / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                for name in NANOGPT_NAME.findall(rule["expr"]):
+                    assert name in known, f"{path.name} rule {rule.get('alert') or rule.get('record')} reads {name}"
+
+
+def test_the_dashboards_state_mapping_is_the_catalogue_s():
+    from grafana import panels  # noqa: the generator's own module
+
+    assert panels.STATES is catalogue.STATES
