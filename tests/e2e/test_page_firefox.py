@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.support.procs import REPO, Process, Trainer, http_json, require
+from tests.support.procs import REPO, Process, Trainer, http_json, require, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,8 @@ def firefox(tmp_path_factory):
     trainer = Trainer(workdir, "--max_iters=20000", "--log_interval=5", "--eval_interval=50", "--eval_iters=2")
     check = None
     try:
+        # A page opened before the trainer has described its model draws no diagram (it does not ask again).
+        wait_until(lambda: http_json(trainer.base_url + "/api/model")["layers"], timeout=60, what="the model")
         check = Process([node, str(CHECK), trainer.base_url, str(profile), firefox_esr], workdir / "firefox.log",
                         env={**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1"}, cwd=REPO)
         rc = check.wait(timeout=240)

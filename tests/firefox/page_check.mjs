@@ -17,8 +17,8 @@ const ADVANCE = 20;      // iterations the chart must move on by while watched, 
 // Runs in the page before its own script: CSP violations are events, not console messages.
 function watchCsp() {
   window.__cspViolations = [];
-  document.addEventListener("securitypolicyviolation", (e) =>
-    window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`));
+  document.addEventListener("securitypolicyviolation", (e) => window.__cspViolations.push(
+    `${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`));
 }
 
 // Pixels of the chart canvas unlike its top-left corner (the background): what was drawn.
@@ -43,7 +43,8 @@ async function check(browser) {
   await page.setViewport({ width: 1000, height: 900 });
 
   await page.goto(url + "/");
-  await page.waitForFunction("window.__nanogpt && __nanogpt.points() > 0 && __nanogpt.draws() > 0", { timeout: WAIT_MS });
+  await page.waitForFunction("window.__nanogpt && __nanogpt.points() > 0 && __nanogpt.draws() > 0",
+    { timeout: WAIT_MS });
   const first = { draws: await hook(page, "draws()"), last: await hook(page, "lastIteration()") };
   await page.waitForFunction(`__nanogpt.lastIteration() >= ${first.last + ADVANCE}`, { timeout: WAIT_MS });
   const chart = {
