@@ -1,0 +1,99 @@
+// The live page's checks from tests/e2e/test_page.py, in Debian's firefox-esr over WebDriver BiDi
+// (Playwright drives only its own patched Firefox; puppeteer-core drives a stock one).
+//
+//   node tests/firefox/page_check.mjs URL PROFILE_DIR [FIREFOX]
+//
+// Opens URL (a trainer's live page, training), watches the chart draw and update, reads the
+// canvas pixels, clicks and keys the model diagram, narrows to a phone width, and prints one JSON
+// object of what it saw on stdout. It asserts nothing: tests/e2e/test_page_firefox.py does.
+// PROFILE_DIR (empty, made by the caller) holds Firefox's profile and HOME, so nothing is written
+// elsewhere. Exit 1 with {"error": ...} when the page never got that far.
+import puppeteer from "puppeteer-core";
+
+const [url, profile, executablePath = "/usr/bin/firefox-esr"] = process.argv.slice(2);
+const WAIT_MS = 60_000;  // per step; a trainer on a shared 2-core machine can be slow
+const ADVANCE = 20;      // iterations the chart must move on by while watched, as in test_page.py
+
+// Runs in the page before its own script: CSP violations are events, not console messages.
+function watchCsp() {
+  window.__cspViolations = [];
+  document.addEventListener("securitypolicyviolation", (e) => window.__cspViolations.push(
+    `${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`));
+}
+
+// Pixels of the chart canvas unlike its top-left corner (the background): what was drawn.
+function inkPixels(canvas) {
+  const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  let ink = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] !== data[0] || data[i + 1] !== data[1] || data[i + 2] !== data[2] || data[i + 3] !== data[3]) ink++;
+  }
+  return ink;
+}
+
+const hook = (page, expression) => page.evaluate(`window.__nanogpt && window.__nanogpt.${expression}`);
+const text = (page, testid) => page.$eval(`[data-testid="${testid}"]`, (el) => el.textContent);
+
+async function check(browser) {
+  const page = await browser.newPage();
+  const consoleErrors = [];
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${m.text()} (${m.location().url})`); });
+  page.on("pageerror", (e) => consoleErrors.push(`uncaught: ${e.message || e}`));
+  await page.evaluateOnNewDocument(watchCsp);
+  await page.setViewport({ width: 1000, height: 900 });
+
+  await page.goto(url + "/");
+  await page.waitForFunction("window.__nanogpt && __nanogpt.points() > 0 && __nanogpt.draws() > 0",
+    { timeout: WAIT_MS });
+  const first = { draws: await hook(page, "draws()"), last: await hook(page, "lastIteration()") };
+  await page.waitForFunction(`__nanogpt.lastIteration() >= ${first.last + ADVANCE}`, { timeout: WAIT_MS });
+  const chart = {
+    firstDraws: first.draws, firstLast: first.last,
+    draws: await hook(page, "draws()"), last: await hook(page, "lastIteration()"),
+    iterations: await hook(page, "iterations()"),
+    connection: await text(page, "connection"),
+    figLoss: await text(page, "fig-loss"),
+    canvas: await page.$eval("[data-testid=chart]", (c) => ({ width: c.width, height: c.height })),
+    ink: await page.$eval("[data-testid=chart]", inkPixels),
+  };
+
+  await page.waitForSelector("[data-testid=model-diagram] [data-testid=part-block0]", { timeout: WAIT_MS });
+  const box = await (await page.$("[data-testid=model-diagram]")).boundingBox();
+  await page.click("[data-testid=part-block0]");
+  const clicked = await text(page, "part-parameters");
+  await page.$eval("[data-testid=part-block0-attn]", (g) => g.focus());  // an SVG <g>: page.focus wants HTML
+  await page.keyboard.press("Enter");
+  const diagram = {
+    width: box.width, height: box.height,
+    parts: await page.$$eval("[data-testid=model-diagram] .part", (parts) => parts.length),
+    clicked, keyed: await text(page, "part-parameters"), keyedDetail: await text(page, "part-detail"),
+  };
+
+  await page.setViewport({ width: 375, height: 667 });
+  const phone = await page.evaluate(() =>
+    ({ scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth }));
+
+  const cspViolations = await page.evaluate(() => window.__cspViolations);
+  await page.close();  // before the trainer goes, so its event stream ends first
+  return { browser: await browser.version(), chart, diagram, phone, consoleErrors, cspViolations };
+}
+
+let browser;
+let exitCode = 0;
+try {
+  browser = await puppeteer.launch({
+    browser: "firefox", executablePath, headless: true,
+    userDataDir: profile,
+    // HOME too, so a root user's real profile and caches stay untouched.
+    env: { ...process.env, HOME: profile, MOZ_CRASHREPORTER_DISABLE: "1" },
+    timeout: WAIT_MS,
+  });
+  console.log(JSON.stringify(await check(browser)));
+} catch (error) {
+  console.log(JSON.stringify({ error: String(error && error.stack || error) }));
+  exitCode = 1;
+} finally {
+  // puppeteer also kills the browser if this process exits or gets SIGTERM/SIGINT/SIGHUP
+  if (browser) await browser.close().catch(() => browser.process()?.kill("SIGKILL"));
+}
+process.exit(exitCode);
