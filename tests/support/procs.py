@@ -69,7 +69,7 @@ def tiny_shakespeare() -> Path:
             return path
     looked = " and ".join(str(p) for p in candidates)
     pytest.skip(f"tiny Shakespeare is not on this machine (looked for {looked}); "
-                "`nanogpt-train --dataset shakespeare --max_iters 0` downloads it")
+                "`nanogpt-train --dataset shakespeare --max_iters 0 --no-metrics` downloads it")
 
 
 def free_port() -> int:
