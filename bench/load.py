@@ -1,12 +1,12 @@
 """Benchmark (not a test): the trainer's HTTP server under many concurrent clients, during real training.
 
-Starts `python -m nanogpt.train` (a tiny model on the test corpus, --metrics-port 0), measures the
+Starts `python -m nanogpt.train` (a tiny model on the default corpus, --metrics-port 0), measures the
 training rate (nanogpt_tokens_total over a window) unloaded, then again while C client threads
 hammer /metrics, /, /api/status, /api/history, /export.csv and /api/stream for the same window.
 Prints requests served, errors (must be 0) and p50/p99 latency per endpoint, and the loaded /
 unloaded tokens/s ratio. The clients share the 2 cores with the trainer, as a real storm would.
 
-    python bench/load.py [--clients 16] [--seconds 20] [--data-file ../shared/data/tinyshakespeare.txt]
+    python bench/load.py [--clients 16] [--seconds 20] [--data-file PATH]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_FILE = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
 TRAINER_FLAGS = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--batch_size=8",
                  "--device=cpu", "--compile=False", "--max_iters=10000000", "--eval_interval=1000000",
                  "--eval_iters=2", "--log_interval=10", "--warmup_iters=10"]
@@ -33,11 +32,11 @@ ENDPOINTS = ["/metrics", "/", "/api/status", "/api/history", "/export.csv", "/ap
 TOKENS = re.compile(rb"^nanogpt_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 
 
-def start_trainer(data_file: Path, out_dir: Path) -> tuple[subprocess.Popen, str, int]:
+def start_trainer(data_file: Path | None, out_dir: Path) -> tuple[subprocess.Popen, str, int]:
     """The trainer as a child in its own process group; returns (process, host, port) once it serves."""
+    data = [f"--data-file={data_file}"] if data_file else []  # none: the trainer's offline default corpus
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogpt.train", f"--data-file={data_file}", f"--out_dir={out_dir}",
-         "--metrics-port=0", *TRAINER_FLAGS],
+        [sys.executable, "-m", "nanogpt.train", *data, f"--out_dir={out_dir}", "--metrics-port=0", *TRAINER_FLAGS],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
@@ -92,11 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each window")
-    parser.add_argument("--data-file", type=Path, default=DATA_FILE)
+    parser.add_argument("--data-file", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/nanogpt-bench-load"))
     args = parser.parse_args()
 
-    proc, host, port = start_trainer(args.data_file.resolve(), args.out_dir)
+    proc, host, port = start_trainer(args.data_file and args.data_file.resolve(), args.out_dir)
     try:
         tokens_per_second(host, port, 5.0)  # warm-up: first steps and the iteration-0 eval
         unloaded = tokens_per_second(host, port, args.seconds)

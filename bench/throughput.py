@@ -2,6 +2,9 @@
 
     python bench/throughput.py [--data-file PATH] [--max-iters 200] [--device cpu]
 
+Without --data-file it trains on tiny Shakespeare as `--dataset shakespeare`
+does (downloaded once into the trainer's cache; offline, pass the file).
+
 The config is nanoGPT's README CPU example on tiny Shakespeare: n_layer=4,
 n_head=4, n_embd=128, block_size=64, batch_size=12, no dropout, lr 1e-3 with
 100 warmup iterations decaying to 1e-4 at max_iters, beta2 0.99, seed 1337.
@@ -14,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
-from pathlib import Path
 
 from nanogpt import events
 from nanogpt.config import build_config
+from nanogpt.data import DataError
 from nanogpt.train import train
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/tinyshakespeare.txt"
 WARMUP = 10
 
 
@@ -35,20 +38,24 @@ class _Record(events.Observer):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-file", default=str(DEFAULT_DATA))
+    p.add_argument("--data-file", default="", help="a local copy of tiny Shakespeare (default: download it once)")
     p.add_argument("--max-iters", type=int, default=200)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = build_config(({
-            "out_dir": out_dir, "data_file": args.data_file, "device": args.device, "max_iters": args.max_iters,
+            "out_dir": out_dir, "dataset": "shakespeare", "data_file": args.data_file, "device": args.device, "max_iters": args.max_iters,
             "lr_decay_iters": args.max_iters, "eval_interval": 250, "eval_iters": 20, "log_interval": 1,
             "always_save_checkpoint": False, "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64,
             "batch_size": 12, "gradient_accumulation_steps": 1, "dropout": 0.0, "learning_rate": 1e-3,
             "warmup_iters": 100, "min_lr": 1e-4, "beta2": 0.99, "seed": 1337, "compile": False,
         }, "bench"))  # fmt: skip
         record = _Record()
-        train(cfg, record)
+        try:
+            train(cfg, record)
+        except DataError as e:  # offline without --data-file, or a bad file
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     timed = record.logs[WARMUP:]
     ms = statistics.median(e.step_seconds for e in timed) * 1000
     tok_s = statistics.median(e.tokens_per_second for e in timed)

@@ -14,6 +14,7 @@ Serving is `exporter.server`; `serve()` here is the shortcut to it.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 import math
 import os
@@ -32,9 +33,19 @@ from .server import MetricsServer
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 EMA_BETA = 0.9  # TensorBoard's default smoothing weight
 RATE_WINDOW_SECONDS = 60.0  # iterations/s over the last minute, like rate(nanogpt_iterations_total[1m])
+
+
+def _installed_version() -> str:
+    """The installed nanogpt-monitor's version (its one source: nanogpt/__init__.py, via pyproject.toml)."""
+    try:
+        return importlib.metadata.version("nanogpt-monitor")
+    except importlib.metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown"
+
+
+VERSION = _installed_version()
 
 
 def _guarded(method):

@@ -1,7 +1,7 @@
 """Generate the provisioned Grafana dashboards: nanogpt-training and nanogpt-mobile.
 
-    python grafana/generate.py              # rewrite grafana/dashboards/*.json
-    python grafana/generate.py --out DIR    # write them elsewhere (the tests compare)
+    python -m grafana.generate              # rewrite grafana/dashboards/*.json
+    python -m grafana.generate --out DIR    # write them elsewhere (the tests compare)
 
 Built with grafana-foundation-sdk (Grafana 11.6 line). Below 769 px Grafana
 stacks panels in JSON order, so panels are added most important first: state
@@ -22,7 +22,7 @@ from grafana_foundation_sdk.models.common import BigValueTextMode
 from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DashboardLinkType, DataTransformerConfig
 from grafana_foundation_sdk.models.text import TextMode
 
-from panels import (
+from .panels import (
     DATASOURCE, LEGEND, bar_gauge, bottom_legend, eta_panel, firing_alerts_panel, history_table, loss_chart,
     loss_now_panel, per_run_process, quantile_expr, query, run_variables, sel, stat_panel, state_panel, thresholds,
     time_chart, trend_panel,

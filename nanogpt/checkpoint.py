@@ -3,7 +3,7 @@
 A checkpoint holds {model, optimizer, model_args, iter_num, best_val_loss,
 config} as nanoGPT's does, plus `vocab` (the characters, so sampling needs no
 data files). Saving writes a temp file in the same directory, fsyncs it and
-renames it over ckpt.pt: a kill or a full disk during a save leaves the
+renames it over ckpt.pt (nanogpt/atomic.py): a kill or a full disk during a save leaves the
 previous checkpoint whole, and the temp file such a kill leaves behind is
 removed by the next save.
 """
@@ -13,13 +13,14 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from nanogpt.atomic import atomic_write, temp_files
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "slow_save", "CKPT_NAME", "MODEL_SHAPE_KEYS"]
 
@@ -36,26 +37,10 @@ def save_checkpoint(
     checkpoint: dict[str, Any], path: str | os.PathLike, save: Callable[[Any, Any], None] = torch.save
 ) -> None:
     """Write checkpoint to path atomically (temp file + fsync + rename); `save` is for tests."""
-    path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed (one writer per dir)
+    for stale in temp_files(path):  # left by a save that was killed (one writer per dir)
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # make the rename itself durable: fsync the directory entry (POSIX only)
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_write(path) as f:
+        save(checkpoint, f)
 
 
 def slow_save(seconds: float, chunks: int = 10) -> Callable[[Any, Any], None]:

@@ -3,8 +3,8 @@
 Character level, as nanoGPT's shakespeare_char: the vocabulary is the sorted
 set of characters, the first 90% of the text trains and the last 10%
 validates. The encoded arrays are cached on disk keyed by the text's SHA-256,
-so a second run on the same text starts at once; cache writes go to a temp
-file and are renamed into place, so concurrent DDP ranks cannot see half a file.
+so a second run on the same text starts at once; cache writes are atomic
+(nanogpt/atomic.py), so concurrent DDP ranks cannot see half a file.
 Deliberately not here: BPE/tiktoken tokenisation and nanoGPT's openwebtext.
 """
 
@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from nanogpt.atomic import atomic_write
 
 __all__ = ["CharDataset", "DataError", "load_dataset", "read_text", "default_corpus", "get_batch"]
 
@@ -101,7 +102,9 @@ def _fetch_shakespeare(cache_dir: Path) -> str:
                 f"cannot download tiny Shakespeare ({getattr(e, 'reason', e)}); offline? "
                 f"save {SHAKESPEARE_URL} somewhere and pass --data-file PATH"
             ) from None
-        _write_atomic(path, raw)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(raw)
     return read_text(path)
 
 
@@ -111,19 +114,6 @@ def cache_dir_default() -> Path:
         return Path(os.environ["NANOGPT_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "nanogpt-monitor"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside path, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode(text: str) -> tuple[tuple[str, ...], np.ndarray]:
@@ -146,11 +136,14 @@ def _cached_arrays(text: str, cache_dir: Path) -> tuple[tuple[str, ...], np.ndar
     chars, ids = _encode(text)
     n = int(len(ids) * 0.9)
     train, val = ids[:n], ids[n:]
+    meta = {"chars": list(chars), "dtype": str(ids.dtype), "train": len(train), "val": len(val)}
+    files = [("train.bin", train.tobytes()), ("val.bin", val.tobytes()),
+             ("meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]  # meta last: see above
     try:
-        _write_atomic(entry / "train.bin", train.tobytes())
-        _write_atomic(entry / "val.bin", val.tobytes())
-        meta = {"chars": list(chars), "dtype": str(ids.dtype), "train": len(train), "val": len(val)}
-        _write_atomic(meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        entry.mkdir(parents=True, exist_ok=True)
+        for name, content in files:
+            with atomic_write(entry / name) as f:
+                f.write(content)
     except OSError as e:  # a read-only or full cache only costs the next run the encoding time
         log.warning("could not cache the encoded data in %s: %s", entry, e)
     return chars, train, val

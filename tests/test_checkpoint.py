@@ -5,6 +5,7 @@ import torch
 
 from nanogpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nanogpt.train import get_lr, train
+from tests.support.procs import corpus_vocab_size
 from tests.support.trainer import Recorder, tiny_config
 
 
@@ -39,9 +40,10 @@ def test_a_training_run_saves_nanogpts_checkpoint_contents(tmp_path):
     cfg = tiny_config(tmp_path, max_iters=10, eval_interval=10)
     train(cfg)
     ckpt = load_checkpoint(tmp_path / "out" / "ckpt.pt")
-    assert ckpt["iter_num"] == 10 and ckpt["config"]["max_iters"] == 10 and len(ckpt["vocab"]) == 65
-    assert ckpt["model_args"] == dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=65,
-                                      dropout=0.0)  # fmt: skip
+    vocab_size = corpus_vocab_size()
+    assert ckpt["iter_num"] == 10 and ckpt["config"]["max_iters"] == 10 and len(ckpt["vocab"]) == vocab_size
+    assert ckpt["model_args"] == dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False,
+                                      vocab_size=vocab_size, dropout=0.0)  # fmt: skip
     assert "state" in ckpt["optimizer"] and "transformer.wte.weight" in ckpt["model"]
 
 
@@ -55,7 +57,7 @@ def test_resume_continues_the_iteration_lr_schedule_and_best_val_loss(tmp_path):
     logs = second.of("on_log")
     assert logs[0].iteration == 20 and logs[0].lr == pytest.approx(get_lr(20, tiny_config(tmp_path)))
     assert second.of("on_eval")[0].best_val_loss <= first.of("on_eval")[-1].best_val_loss
-    # resumed weights: the loss carries on from where the first run got to, not from ln(65)
+    # resumed weights: the loss carries on from where the first run got to, not from ln(vocab_size)
     assert second.of("on_eval")[0].val_loss == pytest.approx(first.of("on_eval")[-1].val_loss, abs=0.1)
     assert result.iteration == 30
 

@@ -1,6 +1,7 @@
-"""docker-compose.yml: valid offline (compose-spec schema and Debian's docker-compose),
-every mounted path exists, and the services agree with Prometheus' targets and
-Grafana's datasource. Checks read the config as `docker-compose config` resolves it."""
+"""docker-compose.yml: valid offline (compose-spec schema and Debian's docker-compose) with
+no environment variable set, no known Grafana password, every mounted path exists, and
+the services agree with Prometheus' targets and Grafana's datasource. Checks read the
+config as `docker-compose config` resolves it with an empty environment."""
 
 from __future__ import annotations
 
@@ -18,19 +19,19 @@ import yaml
 from tests.support.procs import REPO, require
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
-ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
 
 
-def docker_compose_config(env: dict) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "NANOGPT_", "COMPOSE_"))}
-    return subprocess.run([require("docker-compose"), "--profile", "gpu", "-f", str(COMPOSE_FILE), "config"],
-                          capture_output=True, text=True, env={**clean, **env}, cwd=REPO, timeout=60)  # fmt: skip
+def docker_compose_config(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`docker-compose config` with only PATH and `env` in its environment (`env -i PATH=$PATH ...`)."""
+    return subprocess.run([require("docker-compose"), *args, "-f", str(COMPOSE_FILE), "config"],
+                          capture_output=True, text=True, env={"PATH": os.environ["PATH"], **env}, cwd=REPO,
+                          timeout=60)  # fmt: skip
 
 
 @cache
 def resolved() -> dict:
-    """The compose file after interpolation, merges and path resolution, all profiles on."""
-    result = docker_compose_config(ENV)
+    """The compose file after interpolation, merges and path resolution, all profiles on, nothing set."""
+    result = docker_compose_config({}, "--profile", "gpu")
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -54,29 +55,82 @@ def test_compose_file_matches_the_compose_spec_schema():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_docker_compose_config_accepts_the_file():
-    result = subprocess.run([require("docker-compose"), "-f", str(COMPOSE_FILE), "config", "--quiet"],
-                            capture_output=True, text=True, env={**os.environ, **ENV}, cwd=REPO, timeout=60)  # fmt: skip
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_docker_compose_config_accepts_the_file_with_an_empty_environment(profile):
+    result = docker_compose_config({}, *profile)
     assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr  # e.g. a variable that is not set and has no default
 
 
-def test_grafana_admin_password_must_come_from_the_environment():
-    result = docker_compose_config({})
-    assert result.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
-    assert services()["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ENV["GRAFANA_ADMIN_PASSWORD"]
+def run_password_script(password_file: Path, grafana_admin_password: str = "") -> subprocess.CompletedProcess:
+    """The grafana-password service's script, run by this machine's POSIX sh on a file in a temp dir."""
+    service = services()["grafana-password"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    script = service["command"][0].replace("$$", "$")  # compose's escape for a literal $
+    env = {"PATH": os.environ["PATH"], "PASSWORD_FILE": str(password_file),
+           "GRAFANA_ADMIN_PASSWORD": grafana_admin_password}  # fmt: skip
+    return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_grafana_reads_its_admin_password_from_the_file_made_on_first_start():
+    grafana, maker = services()["grafana"], services()["grafana-password"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"]
+    password_file = PurePosixPath(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"])
+    assert maker["environment"]["PASSWORD_FILE"] == str(password_file)
+    assert grafana["depends_on"]["grafana-password"]["condition"] == "service_completed_successfully"
+    # both see the file in the same named volume, at the same path
+    (volume,) = [v for v in maker["volumes"] if password_file.is_relative_to(v.split(":")[1])]
+    assert volume.split(":")[0] in resolved()["volumes"] and volume in grafana["volumes"]
+    assert maker["image"] == grafana["image"]
+
+
+def test_there_is_no_default_admin_password_in_the_compose_file():
+    text = COMPOSE_FILE.read_text()
+    assert re.findall(r"\$\{GRAFANA_ADMIN_PASSWORD[^}]*\}", text) == ["${GRAFANA_ADMIN_PASSWORD:-}"]
+    assert not re.search(r"GF_SECURITY_ADMIN_PASSWORD\s*[:=]", text)
+    assert services()["grafana-password"]["environment"]["GRAFANA_ADMIN_PASSWORD"] == ""
+
+
+def test_first_start_makes_a_random_password_and_later_starts_keep_it(tmp_path):
+    passwords = []
+    for machine in ("a", "b"):
+        password_file = tmp_path / machine / "admin-password"
+        password_file.parent.mkdir()
+        result = run_password_script(password_file)
+        assert result.returncode == 0, result.stderr
+        passwords.append(password_file.read_text())
+        assert re.fullmatch(r"[A-Za-z0-9]{24}\n", passwords[-1])
+        assert password_file.stat().st_mode & 0o077 == 0  # only Grafana's user may read it
+        assert run_password_script(password_file).returncode == 0
+        assert password_file.read_text() == passwords[-1]
+    assert passwords[0] != passwords[1]
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["admin-password"] * 2  # no temp file left
+
+
+def test_a_user_set_password_wins_on_first_start_and_is_reported_ignored_later(tmp_path):
+    password_file = tmp_path / "admin-password"
+    assert run_password_script(password_file, "chosen by the user").returncode == 0
+    assert password_file.read_text() == "chosen by the user\n"
+    assert run_password_script(password_file, "chosen by the user").stderr == ""
+    later = run_password_script(password_file, "a new one")
+    assert later.returncode == 0 and "GRAFANA_ADMIN_PASSWORD ignored" in later.stderr
+    assert password_file.read_text() == "chosen by the user\n"  # Grafana's database keeps the first one
+    resolved_with = yaml.safe_load(docker_compose_config({"GRAFANA_ADMIN_PASSWORD": "x"}).stdout)["services"]
+    assert resolved_with["grafana-password"]["environment"]["GRAFANA_ADMIN_PASSWORD"] == "x"
 
 
 def test_anonymous_viewing_is_off_unless_switched_on():
     assert services()["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert services()["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
-    result = docker_compose_config({**ENV, "GRAFANA_ANONYMOUS": "true"})
+    result = docker_compose_config({"GRAFANA_ANONYMOUS": "true"})
     assert yaml.safe_load(result.stdout)["services"]["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
 
 
 def test_the_stack_has_its_services_with_pinned_images():
-    assert {"trainer", "trainer-gpu", "prometheus", "alertmanager", "grafana"} <= set(services())
+    assert {"trainer", "trainer-gpu", "prometheus", "alertmanager", "grafana", "grafana-password"} <= set(services())
     images = {name: s["image"] for name, s in services().items()}
+    for name, image in images.items():  # pulled images carry a version tag; ours are built here
+        assert "build" in services()[name] or re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), image
     assert re.fullmatch(r"prom/prometheus:v2\.53\.\d+", images["prometheus"])
     assert re.fullmatch(r"prom/alertmanager:v0\.\d+\.\d+", images["alertmanager"])
     sdk = re.search(r'"grafana-foundation-sdk==(?:\d+!)?(\d+\.\d+)\.', (REPO / "pyproject.toml").read_text())
@@ -106,8 +160,17 @@ def test_only_grafana_is_published_beyond_this_machine():
         assert published(name) and all(ip == "127.0.0.1" for ip, _, _ in published(name)), name
 
 
+def one_shot_services() -> set[str]:
+    """Services others wait for to exit cleanly (service_completed_successfully), like grafana-password."""
+    return {name for s in services().values() for name, dep in (s.get("depends_on") or {}).items()
+            if dep["condition"] == "service_completed_successfully"}  # fmt: skip
+
+
 def test_every_service_has_a_healthcheck_and_a_restart_policy():
     for name, service in services().items():
+        if name in one_shot_services():  # runs once and exits: nothing to check or restart
+            assert service["restart"] == "no" and "healthcheck" not in service, name
+            continue
         assert service["healthcheck"]["test"][0] == "CMD", name
         assert service["restart"] in ("unless-stopped", "always") or service["restart"].startswith("on-failure")
 

@@ -8,7 +8,7 @@ import torch
 
 from nanogpt import data
 from nanogpt.data import DataError, default_corpus, get_batch, load_dataset
-from tests.support.procs import require_data_file
+from tests.support.procs import tiny_shakespeare
 
 
 def write(path, content: bytes):
@@ -31,7 +31,7 @@ def test_non_ascii_text_round_trips(tmp_path):
 
 
 def test_tiny_shakespeare_has_nanogpts_65_characters(tmp_path):
-    ds = load_dataset("", str(require_data_file()), 64, tmp_path / "cache")
+    ds = load_dataset("", str(tiny_shakespeare()), 64, tmp_path / "cache")
     assert ds.vocab_size == 65
     assert len(ds.train) == 1003854 and len(ds.val) == 111540  # nanoGPT's shakespeare_char counts
 

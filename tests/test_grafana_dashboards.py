@@ -47,13 +47,13 @@ def dashboard_schema(tmp_path_factory) -> dict:
 
 
 def test_committed_dashboards_equal_generated(tmp_path):
-    subprocess.run([sys.executable, str(REPO / "grafana" / "generate.py"), "--out", str(tmp_path)],
-                   check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "grafana.generate", "--out", str(tmp_path)], cwd=REPO, check=True,
+                   timeout=60)
     generated = sorted(p.name for p in tmp_path.glob("*.json"))
     assert generated == sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(f"{u}.json" for u in UIDS)
     for name in generated:
         assert (DASHBOARD_DIR / name).read_text() == (tmp_path / name).read_text(), (
-            f"grafana/dashboards/{name} is stale: run `python grafana/generate.py`")
+            f"grafana/dashboards/{name} is stale: run `python -m grafana.generate`")
 
 
 @each_dashboard()

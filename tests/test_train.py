@@ -8,6 +8,7 @@ import pytest
 from nanogpt import events
 from nanogpt.config import build_config
 from nanogpt.train import get_lr, train
+from tests.support.procs import corpus_vocab_size, tiny_shakespeare
 from tests.support.trainer import Recorder, tiny_config
 
 SCHEDULE = build_config(({"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 10, "lr_decay_iters": 110}, "test"))
@@ -36,9 +37,23 @@ def test_a_short_run_lowers_the_loss(tmp_path):
     result = train(tiny_config(tmp_path, max_iters=60, lr_decay_iters=60, eval_interval=30, learning_rate=3e-3), rec)
     evals = rec.of("on_eval")
     assert result.state == "finished" and result.iteration == 60
-    assert evals[0].val_loss == pytest.approx(math.log(65), abs=0.15)
+    assert evals[0].val_loss == pytest.approx(math.log(corpus_vocab_size()), abs=0.15)
     assert evals[-1].val_loss < evals[0].val_loss - 0.5
     assert rec.of("on_log")[-1].loss < rec.of("on_log")[0].loss - 0.5
+
+
+@pytest.mark.slow
+def test_nanogpts_small_cpu_config_follows_nanogpts_loss_curve_on_tiny_shakespeare(tmp_path):
+    # nanoGPT's README CPU example (the cpu-small preset), seed 1337: ln(65) = 4.17 at
+    # iteration 0, about 2.47 at 200 (bench/throughput.py prints the same figures)
+    cfg = build_config(({"data_file": str(tiny_shakespeare()), "out_dir": str(tmp_path / "out"),
+                         "data_cache_dir": str(tmp_path / "cache"), "device": "cpu", "max_iters": 200,
+                         "lr_decay_iters": 200, "log_interval": 200, "always_save_checkpoint": False}, "test"))
+    rec = Recorder()
+    train(cfg, rec)
+    logs = {p.iteration: p.loss for p in rec.of("on_log")}
+    assert logs[0] == pytest.approx(4.18, abs=0.05)
+    assert logs[200] == pytest.approx(2.47, abs=0.1)
 
 
 def test_the_observer_hears_every_event_in_order(tmp_path):
@@ -66,8 +81,8 @@ def test_run_start_describes_the_model_and_the_run(tmp_path):
     assert (start.run_id, start.rank, start.world_size) == ("r1", 0, 1)
     assert (start.start_iteration, start.max_iterations) == (0, 0)
     assert start.tokens_per_iteration == 8 * 32
-    assert start.model_config == dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=65,
-                                      dropout=0.0)  # fmt: skip
+    assert start.model_config == dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False,
+                                      vocab_size=corpus_vocab_size(), dropout=0.0)  # fmt: skip
     assert start.parameters["total"] == sum(v for k, v in start.parameters.items() if k != "total")
     assert (start.device, start.dtype, start.config["max_iters"]) == ("cpu", "float32", 0)
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from nanogpt.model import GPT, GPTConfig
-from tests.support.procs import TINY_MODEL, Prometheus, Trainer, free_port, http_get, require, require_data_file, \
+from tests.support.procs import TINY_MODEL, Prometheus, Trainer, corpus_vocab_size, free_port, http_get, require, \
     wait_until
 from tests.test_metrics import SPEC_METRICS
 
@@ -85,7 +85,7 @@ def test_the_last_loss_and_eval_losses_agree_with_the_log(run):
 def test_the_parameter_count_is_the_models_own(run):
     prometheus, _, selector = run
     flags = dict(arg.lstrip("-").split("=") for arg in TINY_MODEL)
-    vocab_size = len(set(require_data_file().read_text(encoding="utf-8")))
+    vocab_size = corpus_vocab_size()
     model = GPT(GPTConfig(n_layer=int(flags["n_layer"]), n_head=int(flags["n_head"]), n_embd=int(flags["n_embd"]),
                           block_size=int(flags["block_size"]), vocab_size=vocab_size, bias=False))
     assert prometheus.value(f'nanogpt_model_parameters{{{selector},component="total"}}') == \

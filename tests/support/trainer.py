@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nanogpt import events
 from nanogpt.config import TrainConfig, build_config
-from tests.support.procs import REPO, require_data_file
+from tests.support.procs import REPO
 
 # small enough to train tens of iterations per second on 2 cores
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.0, device="cpu",
@@ -18,12 +18,12 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout
 
 
 def _tiny_values(tmp_path: Path, overrides: dict) -> dict:
-    return {**TINY, "data_file": str(require_data_file()), "out_dir": str(tmp_path / "out"),
-            "data_cache_dir": str(tmp_path / "cache"), **overrides}  # fmt: skip
+    # no data_file: the trainer's offline default corpus, so the tests need nothing beside the clone
+    return {**TINY, "out_dir": str(tmp_path / "out"), "data_cache_dir": str(tmp_path / "cache"), **overrides}
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
-    """A validated config for a tiny model on the test corpus, writing only under tmp_path."""
+    """A validated config for a tiny model on the default corpus, writing only under tmp_path."""
     return build_config((_tiny_values(tmp_path, overrides), "test"))
 
 

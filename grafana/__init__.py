@@ -1,0 +1,1 @@
+"""The provisioned Grafana dashboards as code: `python -m grafana.generate` writes grafana/dashboards/."""
