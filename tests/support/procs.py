@@ -232,10 +232,12 @@ class Alertmanager(Process):
 
 
 METRICS_URL_LINE = r"metrics: (http://[\d.]+:(\d+))/metrics"
+# the same trainer with the fault options of tests/support/faulty_train.py (--inject_nonfinite_at, ...)
+FAULTY_TRAINER = [sys.executable, "-m", "tests.support.faulty_train"]
 
 
 class Trainer(Process):
-    """The real trainer (`python -m nanogpt.train`) on the test corpus, metrics on a free port."""
+    """The real trainer (`python -m nanogpt`, or `command`) on the test corpus, metrics on a free port."""
 
     def __init__(self, workdir: Path, *args: str, data_file: Path | None = None, out_dir: Path | None = None,
                  model: list[str] = TINY_MODEL, env: dict | None = None, wait_for_metrics: bool = True,
@@ -244,7 +246,7 @@ class Trainer(Process):
         self.out_dir = out_dir or workdir / "out"
         data_file = data_file or require_data_file()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-        command = command or [sys.executable, "-m", "nanogpt.train"]
+        command = command or [sys.executable, "-m", "nanogpt"]
         args = [*command, f"--data-file={data_file}", f"--out_dir={self.out_dir}",
                 "--metrics-port=0", *model, *args]
         super().__init__(args, workdir / f"trainer-{time.monotonic_ns()}.log", env=full_env, cwd=REPO)
