@@ -1,6 +1,6 @@
 """Benchmark (not a test): the trainer's HTTP server under many concurrent clients, during real training.
 
-Starts `python -m nanogpt.train` (a tiny model on the default corpus, --metrics-port 0), measures the
+Starts `python -m nanogpt` (a tiny model on the default corpus, --metrics-port 0), measures the
 training rate (nanogpt_tokens_total over a window) unloaded, then again while C client threads
 hammer /metrics, /, /api/status, /api/history, /export.csv and /api/stream for the same window.
 Prints requests served, errors (must be 0) and p50/p99 latency per endpoint, and the loaded /
@@ -36,7 +36,7 @@ def start_trainer(data_file: Path | None, out_dir: Path) -> tuple[subprocess.Pop
     """The trainer as a child in its own process group; returns (process, host, port) once it serves."""
     data = [f"--data-file={data_file}"] if data_file else []  # none: the trainer's offline default corpus
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nanogpt.train", *data, f"--out_dir={out_dir}", "--metrics-port=0", *TRAINER_FLAGS],
+        [sys.executable, "-m", "nanogpt", *data, f"--out_dir={out_dir}", "--metrics-port=0", *TRAINER_FLAGS],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:

@@ -62,7 +62,7 @@ def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as out_dir:
         # the default corpus (offline); `-- --data-file=PATH` trains on another text
-        args = [sys.executable, "-m", "nanogpt.train", f"--out_dir={out_dir}",
+        args = [sys.executable, "-m", "nanogpt", f"--out_dir={out_dir}",
                 f"--max_iters={max_iters}", "--eval_interval=100000", "--eval_iters=2", "--log_interval=10",
                 "--device=cpu", "--compile=False", *(["--metrics-port=0"] if metrics else ["--no-metrics"]), *extra]
         proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

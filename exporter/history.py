@@ -1,12 +1,11 @@
-"""The logged history: bounded in memory, complete on disk.
+"""The logged history in memory: every point of a short run, a bounded number of a long one.
 
 `History` keeps every logged point of a run in memory while the run is short,
 and a bounded number over a million-iteration run: the newest `recent` points
 at full resolution, and older points thinned (each time the older range fills
 up, every second point of it is dropped, so its resolution halves as it ages).
-`MetricsLog` appends each point as one JSON line to a file (flushed per line),
-so the CSV export is complete at full resolution, and a resumed run reloads
-the history it had. Neither knows about Prometheus or HTTP.
+Its counterpart on disk, complete at full resolution, is exporter.metricslog.
+Neither knows about Prometheus or HTTP.
 
 Non-finite floats are kept as floats in memory and written as JSON null (JSON
 has no NaN); readers get None back for them.
@@ -20,20 +19,13 @@ field) is a join of cached strings, never a walk over values.
 from __future__ import annotations
 
 import bisect
-import io
 import json
-import logging
 import math
-import os
 import threading
-from collections import deque
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from operator import attrgetter
-from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
-
-log = logging.getLogger(__name__)
 
 RECENT_POINTS = 10_000  # newest points kept at full resolution
 OLDER_POINTS = 2_000  # cap on thinned older points: memory stays <= RECENT + OLDER points
@@ -252,103 +244,6 @@ class History:
     def __len__(self) -> int:
         with self._lock:
             return len(self._older) + len(self._recent)
-
-
-class MetricsLog:
-    """JSON lines on disk, one per logged point, appended and flushed as they come."""
-
-    # Lines that could not be written (disk full) wait here, bounded, and go out with the
-    # next write that succeeds, so a full disk leaves no gap once space comes back.
-    MAX_PENDING = 100_000
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._file: Optional[io.TextIOWrapper] = None
-        self._lock = threading.Lock()
-        self._pending: deque[str] = deque(maxlen=self.MAX_PENDING)
-
-    def append(self, point: Point) -> None:
-        """Write one point as a line and flush it (the file is opened on first use).
-
-        On an OSError the line (and any earlier unwritten ones) is kept for the next
-        append and the error re-raised for the caller to count."""
-        with self._lock:
-            self._pending.append(point.json + "\n")
-            try:
-                if self._file is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered
-                    if self._file.tell() > 0 and not self._ends_with_newline():
-                        self._file.write("\n")  # seal a line torn by an earlier failed write
-                while self._pending:
-                    self._file.write(self._pending[0])
-                    self._file.flush()
-                    self._pending.popleft()
-            except OSError:
-                self._drop_file_locked()  # reopen next time: the buffer may hold a torn line
-                raise
-
-    def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
-
-    def _drop_file_locked(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass  # the failed flush is retried from _pending, not from this buffer
-            self._file = None
-
-    def read(self) -> Iterator[Point]:
-        """Every complete, well-formed point in the file, oldest first. A line re-logging the
-        iteration of the line before it replaces it (an eval merged after the log point).
-        A torn last line (kill -9 mid-write) and malformed lines are skipped with a warning."""
-        previous: Optional[Point] = None
-        for point in self._parse():
-            if previous is not None and point.iteration != previous.iteration:
-                yield previous
-            previous = point
-        if previous is not None:
-            yield previous
-
-    def _parse(self) -> Iterator[Point]:
-        try:
-            handle = open(self.path, "r", encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.endswith("\n"):
-                    log.warning("%s:%d: skipping a truncated last line", self.path, number)
-                    return
-                try:
-                    yield Point.from_json(json.loads(line))
-                except ValueError as e:  # json.JSONDecodeError is a ValueError
-                    log.warning("%s:%d: skipping a malformed line (%s)", self.path, number, e)
-
-    def rewrite(self, last_iteration: int) -> list[Point]:
-        """Keep only the points with iteration <= last_iteration (a resume), atomically; returns them."""
-        kept = [p for p in self.read() if p.iteration <= last_iteration]
-        with self._lock:
-            self._close_locked()
-            if not self.path.exists() and not kept:
-                return kept
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(p.json + "\n" for p in kept),
-                           encoding="utf-8")
-            os.replace(tmp, self.path)
-        return kept
-
-    def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def csv_lines(points: Iterable[Point]) -> Iterator[str]:

@@ -25,16 +25,17 @@ from typing import Any, Iterator, Optional
 
 from prometheus_client import CollectorRegistry
 
-from . import architecture, trend
-from .history import History, MetricsLog, Point, csv_lines
+from . import architecture
+from .history import History, Point, csv_lines
+from .metricslog import MetricsLog
 from .catalogue import INFO_KEYS
 from .metrics import TrainingMetrics, create_metrics
 from .server import MetricsServer
+from .status import snapshot
 
 log = logging.getLogger(__name__)
 
 EMA_BETA = 0.9  # TensorBoard's default smoothing weight
-RATE_WINDOW_SECONDS = 60.0  # iterations/s over the last minute, like rate(nanogpt_iterations_total[1m])
 
 
 def _installed_version() -> str:
@@ -307,32 +308,9 @@ class TrainingMonitor:
     def status(self, now: Optional[float] = None) -> dict:
         """The /api/status snapshot: state, latest figures, rates, ETA, trend and window mean."""
         with self._changed:
-            s = dict(self._status)
-        points = self.history.since(None)
-        last = points[-1] if points else None
-        samples = _trend_samples(points)
-        loss_trend = trend.loss_trend(samples)
-        now = time.time() if now is None else now
-        ips = _iterations_per_second(points)
-        running = s["state"] == "running"
-        eta = (s["max_iterations"] - s["iteration"]) / ips if running and ips else None
-        end = s["end_time"] or now
-        return {
-            "run_id": self.run_id, "rank": self.rank, "world_size": s["world_size"], "state": s["state"],
-            "reason": s["reason"], "iteration": s["iteration"], "max_iterations": s["max_iterations"],
-            "loss": _finite(last.loss) if last else None, "loss_ema": self._ema.value,
-            "val_loss": s["val_loss"], "eval_train_loss": s["eval_train_loss"], "best_val_loss": s["best_val_loss"],
-            "lr": last.lr if last else None, "tokens_per_second": last.tokens_per_second if last else None,
-            "iterations_per_second": ips, "step_seconds": last.step_seconds if last else None,
-            "mfu": last.mfu if last else None, "eta_seconds": eta,
-            "elapsed_seconds": end - s["start_time"] if s["start_time"] is not None else None,
-            "start_time": s["start_time"], "parameters_total": s["parameters_total"], "dataset": s["dataset"],
-            "device": s["device"], "dtype": s["dtype"], "last_checkpoint": s["last_checkpoint"],
-            "last_checkpoint_error": s["last_checkpoint_error"],
-            "trend": {"state": loss_trend.state, "improvement_ratio": loss_trend.improvement_ratio,
-                      "window_seconds": loss_trend.window_seconds, "threshold": loss_trend.threshold},
-            "average_loss": {"window_seconds": trend.WINDOW_SECONDS, "value": trend.average_loss(samples)},
-        }
+            fields = dict(self._status)
+        return snapshot(self.run_id, self.rank, fields, self.history.since(None), self._ema.value,
+                        time.time() if now is None else now)
 
     def model(self) -> dict:
         """The /api/model answer: model config, parameter counts and the layer list."""
@@ -354,36 +332,3 @@ class TrainingMonitor:
         """Start the HTTP server for this monitor in a daemon thread; returns a MetricsServer."""
         return MetricsServer(self, host=host, port=port, **options)
 
-
-def _finite(value: Optional[float]) -> Optional[float]:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _trend_samples(points: list[Point]) -> list[tuple[float, float]]:
-    """(timestamp, loss) of the newest points, back to the first at or before the newest timestamp
-    minus two trend windows: all that loss_trend and average_loss read (they walk back from the
-    newest and stop there), so a status costs O(window), not O(history) (100k points: 35 ms)."""
-    samples: list[tuple[float, float]] = []
-    for p in reversed(points):
-        if p.timestamp is None:
-            continue
-        samples.append((p.timestamp, p.loss))
-        if p.timestamp <= samples[0][0] - 2 * trend.WINDOW_SECONDS:
-            break
-    samples.reverse()
-    return samples
-
-
-def _iterations_per_second(points: list[Point]) -> Optional[float]:
-    """Iterations per second over the logged points of the last minute (1/step_seconds when fewer than 2)."""
-    if not points:
-        return None
-    last = points[-1]
-    first = last
-    for p in reversed(points):
-        if p.timestamp is None or last.timestamp is None or p.timestamp < last.timestamp - RATE_WINDOW_SECONDS:
-            break
-        first = p
-    if first is not last and last.timestamp > first.timestamp:
-        return (last.iteration - first.iteration) / (last.timestamp - first.timestamp)
-    return 1.0 / last.step_seconds if last.step_seconds else None

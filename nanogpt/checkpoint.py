@@ -10,10 +10,8 @@ removed by the next save.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +20,7 @@ import torch
 
 from nanogpt.atomic import atomic_write, temp_files
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "slow_save", "CKPT_NAME", "MODEL_SHAPE_KEYS"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CKPT_NAME", "MODEL_SHAPE_KEYS"]
 
 CKPT_NAME = "ckpt.pt"
 REQUIRED_KEYS = ("model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "vocab")
@@ -41,23 +39,6 @@ def save_checkpoint(
         stale.unlink(missing_ok=True)
     with atomic_write(path) as f:
         save(checkpoint, f)
-
-
-def slow_save(seconds: float, chunks: int = 10) -> Callable[[Any, Any], None]:
-    """A `save` for save_checkpoint that spreads the write over `seconds` (the test option
-    slow_save_seconds: a wide, real window in which to kill a process mid-save)."""
-
-    def save(obj: Any, f: Any) -> None:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        data = buffer.getbuffer()
-        step = max(1, -(-len(data) // chunks))  # ceil: at most `chunks` writes
-        for start in range(0, len(data), step):
-            f.write(data[start : start + step])
-            f.flush()  # on disk (in the page cache) before the pause, so a kill finds a partial file
-            time.sleep(seconds / chunks)
-
-    return save
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:

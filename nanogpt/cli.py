@@ -157,7 +157,7 @@ def _init_distributed(cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `nanogpt-train` and `python -m nanogpt.train`; returns the exit code."""
+    """Entry point of `nanogpt-train` and `python -m nanogpt`; returns the exit code."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0)) if distributed else 0
     _setup_logging(rank, int(os.environ.get("WORLD_SIZE", 1)) if distributed else 1)

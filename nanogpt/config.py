@@ -77,11 +77,7 @@ class TrainConfig:
     no_metrics: bool = False
     metrics_linger: float = 0.0  # seconds to keep serving after training ends
     metrics_web_config: str = ""  # exporter-toolkit web config (basic auth, TLS) for the metrics server; '' = off
-    # test options: faults on purpose, for exercising alerts; never needed for real training
-    inject_nonfinite_at: int = -1  # from this iteration on the loss is multiplied by NaN (-1 = off)
     stop_on_nonfinite: bool = False  # stop as "failed" at a non-finite logged loss, without saving it
-    lr_zero_after: int = -1  # from this iteration the lr is 0, so the loss plateaus (-1 = off)
-    slow_save_seconds: float = 0.0  # each checkpoint write takes this long: a window to kill it mid-save (0 = off)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain Python values (for checkpoints and RunStart.config)."""
@@ -111,7 +107,7 @@ _CHOICES = {
 _POSITIVE = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
              "batch_size", "block_size", "n_layer", "n_head", "n_embd")  # fmt: skip
 _NON_NEGATIVE = ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr",
-                 "weight_decay", "grad_clip", "peak_flops", "metrics_linger", "slow_save_seconds")  # fmt: skip
+                 "weight_decay", "grad_clip", "peak_flops", "metrics_linger")  # fmt: skip
 
 
 def generate_run_id() -> str:

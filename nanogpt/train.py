@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt import events
-from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint, slow_save
+from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
 from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
 from nanogpt.device import autocast, default_peak_flops, resolve_device, resolve_dtype, synchronize
@@ -68,8 +68,6 @@ class StopRequest:
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
     """Learning rate at iteration it: linear warmup, then cosine decay to min_lr (nanoGPT's schedule)."""
-    if 0 <= cfg.lr_zero_after <= it:  # test option: a deliberate plateau
-        return 0.0
     if not cfg.decay_lr:
         return cfg.learning_rate
     if it < cfg.warmup_iters:
@@ -148,7 +146,7 @@ def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: _SafeObserver) -
     log.info("saving checkpoint to %s", path)  # as nanoGPT prints it; a save can take a while
     t0 = time.perf_counter()
     try:
-        save_checkpoint(state, path, save=slow_save(cfg.slow_save_seconds) if cfg.slow_save_seconds else torch.save)
+        save_checkpoint(state, path)
     except (OSError, RuntimeError) as e:
         log.error("error: could not save checkpoint to %s (%s); the previous one is kept, training goes on", path, e)
         notify("on_checkpoint_failed", events.CheckpointFailed(iter_num, str(path), str(e), time.time()))
@@ -278,8 +276,6 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                     model.require_backward_grad_sync = micro_step == gas - 1
                 with ctx:
                     _, loss = model(X, Y)
-                    if 0 <= cfg.inject_nonfinite_at <= iter_num:  # test option: a real NaN, end to end
-                        loss = loss * float("nan")
                     loss = loss / gas  # scale: gradients add up over micro-steps
                 # fetch the next batch while the device works on the forward pass
                 X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)
@@ -337,9 +333,3 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     return TrainResult(run_id=run_id, state=state, reason=reason, iteration=last_iter, iterations_run=local_iter,
                        last_loss=lossf, best_val_loss=best_val_loss, checkpoint_errors=checkpoint_errors,
                        param_digest=_param_digest(raw_model), stopped=stopped)  # fmt: skip
-
-
-if __name__ == "__main__":
-    from nanogpt.cli import main
-
-    raise SystemExit(main())

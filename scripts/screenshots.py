@@ -44,7 +44,7 @@ def fail(message: str):
 
 def start_trainer(out_dir: Path) -> tuple[subprocess.Popen, str]:
     """The real trainer in its own process group; returns it and its base URL once it is serving."""
-    proc = subprocess.Popen([sys.executable, "-m", "nanogpt.train", f"--out_dir={out_dir}", "--metrics-port=0",
+    proc = subprocess.Popen([sys.executable, "-m", "nanogpt", f"--out_dir={out_dir}", "--metrics-port=0",
                              *TRAIN], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines = []

@@ -9,7 +9,7 @@ from tests.support.trainer import run_cli, tiny_flags
 LOG_LINE = r"iter (\d+): loss (\d+\.\d+), time \d+\.\d+ms, tok/s \d+, mfu (n/a|\d+\.\d+%), eta \d\d:\d\d:\d\d"
 
 
-def test_python_m_nanogpt_train_trains_and_logs_nanogpts_lines(tmp_path):
+def test_python_m_nanogpt_trains_and_logs_nanogpts_lines(tmp_path):
     run = run_cli(*tiny_flags(tmp_path, max_iters=10, log_interval=5, eval_interval=10))
     assert run.returncode == 0, run.stderr
     assert [m.group(1) for m in re.finditer(LOG_LINE, run.stdout)] == ["0", "5", "10"]
@@ -19,7 +19,8 @@ def test_python_m_nanogpt_train_trains_and_logs_nanogpts_lines(tmp_path):
 
 
 def test_a_run_stopped_on_a_nonfinite_loss_exits_1(tmp_path):
-    run = run_cli(*tiny_flags(tmp_path, max_iters=20, inject_nonfinite_at=3, stop_on_nonfinite=True))
+    run = run_cli(*tiny_flags(tmp_path, max_iters=20, stop_on_nonfinite=True), "--inject_nonfinite_at=3",
+                  module="tests.support.faulty_train")
     assert run.returncode == 1
     assert "stopping: non-finite loss at iteration 5" in run.stdout
 

@@ -16,7 +16,7 @@ def test_two_cpu_ranks_under_torchrun_end_with_identical_parameters(tmp_path):
     flags = tiny_flags(tmp_path, max_iters=10, eval_interval=5, log_interval=5, gradient_accumulation_steps=4)
     # `python -m torch.distributed.run` is torchrun, from this interpreter's torch
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    run = subprocess.run([*torchrun, "-m", "nanogpt.train", *flags], capture_output=True, text=True, cwd=REPO,
+    run = subprocess.run([*torchrun, "-m", "nanogpt", *flags], capture_output=True, text=True, cwd=REPO,
                          timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     finals = dict(re.findall(r"^\[rank (\d)\] run \S+ finished: iteration 10, params sha256 (\w+)$", run.stdout, re.M))

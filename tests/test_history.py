@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.history import COLUMNS, History, MetricsLog, Point, csv_lines
+from exporter.history import COLUMNS, History, Point, csv_lines
+from exporter.metricslog import MetricsLog
 
 
 def point(i, loss=None, **values):

@@ -264,7 +264,7 @@ def test_the_trainer_cli_refuses_a_port_in_use_with_one_line_and_exit_2(tmp_path
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "nanogpt.train", f"--data_cache_dir={tmp_path / 'cache'}",
+            [sys.executable, "-m", "nanogpt", f"--data_cache_dir={tmp_path / 'cache'}",
              f"--out_dir={tmp_path}", f"--metrics-port={port}", "--max_iters=1", "--device=cpu",
              "--n_layer=1", "--n_head=1", "--n_embd=16", "--block_size=8", "--batch_size=2", "--compile=False"],
             cwd=REPO, capture_output=True, text=True, timeout=120)

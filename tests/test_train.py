@@ -9,6 +9,7 @@ from nanogpt import events
 from nanogpt.config import build_config
 from nanogpt.train import get_lr, train
 from tests.support.procs import corpus_vocab_size, tiny_shakespeare
+from tests.support.faulty_train import injected
 from tests.support.trainer import Recorder, tiny_config
 
 SCHEDULE = build_config(({"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 10, "lr_decay_iters": 110}, "test"))
@@ -25,11 +26,6 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr(it, lr):
 def test_lr_is_constant_without_decay():
     cfg = build_config(({"decay_lr": False, "learning_rate": 3e-4}, "test"))
     assert {get_lr(it, cfg) for it in (0, 50, 5000)} == {3e-4}
-
-
-def test_lr_zero_after_makes_the_lr_zero_from_that_iteration():
-    cfg = build_config(({"lr_zero_after": 30}, "test"))
-    assert get_lr(29, cfg) > 0 and get_lr(30, cfg) == 0.0 == get_lr(31, cfg)
 
 
 def test_a_short_run_lowers_the_loss(tmp_path):
@@ -131,7 +127,8 @@ def test_an_exception_in_the_loop_ends_the_run_failed_and_propagates(tmp_path):
 
 def test_an_injected_nan_reaches_the_logged_loss(tmp_path):
     rec = Recorder()
-    result = train(tiny_config(tmp_path, max_iters=15, inject_nonfinite_at=7), rec)
+    with injected(inject_nonfinite_at=7):
+        result = train(tiny_config(tmp_path, max_iters=15), rec)
     losses = {p.iteration: p.loss for p in rec.of("on_log")}
     assert math.isfinite(losses[5]) and math.isnan(losses[10]) and math.isnan(losses[15])
     assert result.state == "finished"  # without stop_on_nonfinite the run goes on
@@ -139,9 +136,9 @@ def test_an_injected_nan_reaches_the_logged_loss(tmp_path):
 
 def test_stop_on_nonfinite_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     rec = Recorder()
-    cfg = tiny_config(tmp_path, max_iters=40, log_interval=5, eval_interval=10, inject_nonfinite_at=13,
-                      stop_on_nonfinite=True)  # fmt: skip
-    result = train(cfg, rec)
+    cfg = tiny_config(tmp_path, max_iters=40, log_interval=5, eval_interval=10, stop_on_nonfinite=True)
+    with injected(inject_nonfinite_at=13):
+        result = train(cfg, rec)
     assert (result.state, result.iteration) == ("failed", 15)
     assert rec.of("on_run_end")[0].reason == "non-finite loss at iteration 15"
     assert [c.iteration for c in rec.of("on_checkpoint")] == [10]

@@ -105,7 +105,7 @@ def test_a_bad_web_config_is_one_line_naming_the_problem(tmp_path, text, message
 def test_the_trainer_cli_rejects_a_bad_web_config_with_exit_2(tmp_path):
     path = write(tmp_path, "basic_auth_users:\n  alice: plaintext\n")
     result = subprocess.run(
-        [sys.executable, "-m", "nanogpt.train", f"--data_cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path}",
+        [sys.executable, "-m", "nanogpt", f"--data_cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path}",
          "--metrics-port=0", f"--metrics-web-config={path}", "--max_iters=1", "--device=cpu",
          "--n_layer=1", "--n_head=1", "--n_embd=16", "--block_size=8", "--batch_size=2"],
         cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.support.alerting import SCALE, Webhook, alertmanager_config, delivered
-from tests.support.procs import Alertmanager, Prometheus, Trainer
+from tests.support.procs import FAULTY_TRAINER, Alertmanager, Prometheus, Trainer
 from tests.support.rules import plateau_parameters, write_scaled_rules
 
 RUN = ["--max_iters=1000000", "--log_interval=1", "--eval_interval=1000000"]  # runs until stopped
@@ -22,12 +22,13 @@ RUN = ["--max_iters=1000000", "--log_interval=1", "--eval_interval=1000000"]  # 
 
 @pytest.fixture
 def stack(tmp_path):
-    """start(trainer args...) -> (trainer, webhook): a trainer scraped by Prometheus, alerting via Alertmanager."""
+    """start(trainer args...) -> (trainer, webhook): a trainer (taking the fault options of
+    tests.support.faulty_train) scraped by Prometheus, alerting via Alertmanager."""
     started = []
     webhook = Webhook()
 
     def start(*trainer_args: str):
-        trainer = Trainer(tmp_path / "trainer", *trainer_args)
+        trainer = Trainer(tmp_path / "trainer", *trainer_args, command=FAULTY_TRAINER)
         started.append(trainer)
         alertmanager = Alertmanager(tmp_path / "alertmanager", alertmanager_config(webhook.url))
         started.append(alertmanager)

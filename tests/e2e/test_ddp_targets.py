@@ -34,7 +34,7 @@ def ddp(tmp_path_factory):
     trainer = None
     try:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "nanogpt.train"]
+                    "-m", "nanogpt"]
         trainer = Trainer(workdir, f"--metrics-port={port}", f"--run-id={RUN_ID}", "--max_iters=20",
                           "--gradient_accumulation_steps=2", "--eval_interval=10", "--eval_iters=2",
                           "--log_interval=5", "--metrics-linger=600", command=torchrun, wait_for_metrics=False)

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from exporter.history import MetricsLog
+from exporter.metricslog import MetricsLog
 from nanogpt.checkpoint import load_checkpoint
 from tests.support.alerting import SCALE, Webhook, alertmanager_config, delivered
-from tests.support.procs import Alertmanager, Prometheus, Trainer, free_port, http_get, http_json, wait_until
+from tests.support.procs import (FAULTY_TRAINER, Alertmanager, Prometheus, Trainer, free_port, http_get, http_json,
+                                 wait_until)
 from tests.support.rules import write_scaled_rules
 
 pytestmark = pytest.mark.slow
@@ -109,7 +110,7 @@ def test_training_goes_on_while_alertmanager_is_down_and_the_alert_arrives_once_
     webhook = Webhook()
     try:
         trainer = Trainer(tmp_path / "trainer", "--run-id=fault-am", "--inject_nonfinite_at=50", "--log_interval=1",
-                          "--eval_interval=1000000", *UNTIL_STOPPED)  # fmt: skip
+                          "--eval_interval=1000000", *UNTIL_STOPPED, command=FAULTY_TRAINER)  # fmt: skip
         started.append(trainer)
         alertmanager_port = free_port()  # nothing listens there yet
         # resend every second (default 1m): Prometheus drops an alert it failed to deliver until the next resend
@@ -161,7 +162,8 @@ def test_sigterm_saves_a_final_checkpoint_ends_finished_and_exits_143(tmp_path, 
 
 def test_a_second_signal_during_the_final_save_leaves_a_whole_checkpoint(tmp_path, started):
     trainer = Trainer(tmp_path, "--run-id=fault-term2", "--log_interval=10", "--eval_interval=1000000",
-                      "--slow_save_seconds=2", "--metrics-linger=600", *UNTIL_STOPPED)  # fmt: skip
+                      "--slow_save_seconds=2", "--metrics-linger=600", *UNTIL_STOPPED,
+                      command=FAULTY_TRAINER)  # fmt: skip
     started.append(trainer)
     iteration_passes(trainer, 20)
     trainer.signal(signal.SIGTERM)
@@ -181,7 +183,7 @@ def test_a_second_signal_during_the_final_save_leaves_a_whole_checkpoint(tmp_pat
 
 def test_kill_9_during_a_save_resumes_from_the_last_good_checkpoint_with_the_metrics_log_whole(tmp_path, started):
     trainer = Trainer(tmp_path, "--run-id=fault-kill", "--log_interval=1", "--eval_interval=20",
-                      "--slow_save_seconds=2", *UNTIL_STOPPED)  # fmt: skip
+                      "--slow_save_seconds=2", *UNTIL_STOPPED, command=FAULTY_TRAINER)  # fmt: skip
     started.append(trainer)
     ckpt = trainer.out_dir / "ckpt.pt"
     first_saved = wait_until(lambda: trainer.find("^saved checkpoint") and ckpt.stat().st_mtime_ns, timeout=60,
@@ -217,7 +219,7 @@ def test_kill_9_during_a_save_resumes_from_the_last_good_checkpoint_with_the_met
 def test_stop_on_nonfinite_counts_it_keeps_the_last_good_checkpoint_and_exits_1(tmp_path, started):
     trainer = Trainer(tmp_path, "--run-id=fault-nan", "--log_interval=1", "--eval_interval=10",
                       "--inject_nonfinite_at=25", "--stop_on_nonfinite", "--metrics-linger=600",
-                      *UNTIL_STOPPED)  # fmt: skip
+                      *UNTIL_STOPPED, command=FAULTY_TRAINER)  # fmt: skip
     started.append(trainer)
     final = wait_until(lambda: (s := status(trainer))["state"] == "failed" and s, timeout=60, what="failed")
     assert final["reason"] == "non-finite loss at iteration 25"

@@ -250,10 +250,12 @@ class Alertmanager(Process):
 
 
 METRICS_URL_LINE = r"metrics: (http://[\d.]+:(\d+))/metrics"
+# the same trainer with the fault options of tests/support/faulty_train.py (--inject_nonfinite_at, ...)
+FAULTY_TRAINER = [sys.executable, "-m", "tests.support.faulty_train"]
 
 
 class Trainer(Process):
-    """The real trainer (`python -m nanogpt.train`) on the default corpus (or `data_file`), metrics on a
+    """The real trainer (`python -m nanogpt`) on the default corpus (or `data_file`), metrics on a
     free port, its encoded-data cache in `workdir`."""
 
     def __init__(self, workdir: Path, *args: str, data_file: Path | None = None, out_dir: Path | None = None,
@@ -263,7 +265,7 @@ class Trainer(Process):
         self.out_dir = out_dir or workdir / "out"
         data = [f"--data-file={data_file}"] if data_file else []  # none: the offline default corpus
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-        command = command or [sys.executable, "-m", "nanogpt.train"]
+        command = command or [sys.executable, "-m", "nanogpt"]
         args = [*command, *data, f"--data_cache_dir={workdir / 'cache'}", f"--out_dir={self.out_dir}",
                 "--metrics-port=0", *model, *args]
         super().__init__(args, workdir / f"trainer-{time.monotonic_ns()}.log", env=full_env, cwd=REPO)

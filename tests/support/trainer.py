@@ -44,7 +44,7 @@ class Recorder(events.Observer):
     def on_run_end(self, event): self.events.append(("on_run_end", event))  # noqa: E704
 
 
-def run_cli(*args: str, module: str = "nanogpt.train", cwd: Path = REPO, timeout: float = 120,
+def run_cli(*args: str, module: str = "nanogpt", cwd: Path = REPO, timeout: float = 120,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m <module> args...` to completion, output captured as text."""
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd,
