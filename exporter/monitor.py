@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 from prometheus_client import CollectorRegistry
 
 from . import architecture, trend
+from .devices import device_status
 from .history import History, MetricsLog, Point, csv_lines
 from .catalogue import INFO_KEYS
 from .metrics import TrainingMetrics, create_metrics
@@ -97,6 +98,7 @@ class TrainingMonitor:
         }
         self._model_config: dict = {}
         self._parameters: dict = {}
+        self._device_collectors: list = []
 
     # --- events from the training loop ---------------------------------------------------------
 
@@ -246,6 +248,12 @@ class TrainingMonitor:
         if self.metrics_log is not None:
             self.metrics_log.close()
 
+    def add_device_collector(self, collector) -> None:
+        """Serve a per-device collector (families labelled `gpu`, e.g. nanogpt_monitor.gpu's) on
+        /metrics, and the same figures per device in /api/status's `gpus`."""
+        self.registry.register(collector)
+        self._device_collectors.append(collector)
+
     # --- errors and change notification ------------------------------------------------------
 
     def report_error(self, site: str, error: Exception) -> None:
@@ -318,6 +326,7 @@ class TrainingMonitor:
             "start_time": s["start_time"], "parameters_total": s["parameters_total"], "dataset": s["dataset"],
             "device": s["device"], "dtype": s["dtype"], "last_checkpoint": s["last_checkpoint"],
             "last_checkpoint_error": s["last_checkpoint_error"],
+            "gpus": device_status(self._device_collectors),
             "trend": {"state": loss_trend.state, "improvement_ratio": loss_trend.improvement_ratio,
                       "window_seconds": loss_trend.window_seconds, "threshold": loss_trend.threshold},
             "average_loss": {"window_seconds": trend.WINDOW_SECONDS, "value": trend.average_loss(samples)},
