@@ -117,6 +117,10 @@ def build_observer(cfg: TrainConfig, rank: int, local_rank: int) -> events.Obser
 
     name = "metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"
     monitor = TrainingMonitor(run_id=cfg.run_id, rank=rank, metrics_log=os.path.join(cfg.out_dir, name))
+    # device health of this rank's GPU, read at scrape time (nothing without CUDA)
+    from nanogpt_monitor.gpu import register_gpu_collector
+
+    register_gpu_collector(monitor, devices=[cfg.device])
     try:
         web_config = load_web_config(cfg.metrics_web_config) if cfg.metrics_web_config else None
         server = monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=web_config)
