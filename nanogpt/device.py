@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["resolve_device", "resolve_dtype", "autocast", "default_peak_flops", "synchronize"]
+__all__ = ["resolve_device", "resolve_dtype", "autocast", "default_peak_flops", "synchronize", "memory_report"]
 
 # Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, FLOP/s.
 # Matched as substrings of torch.cuda.get_device_name(), first match wins.
@@ -69,3 +69,13 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work (a no-op on CPU, where work is already synchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def memory_report(device: torch.device) -> str:
+    """"allocated A GiB, reserved R GiB, device total T GiB" of a CUDA device (n/a elsewhere)."""
+    if device.type != "cuda":
+        return f"allocated n/a, reserved n/a, device total n/a (device {device}, not CUDA)"
+    gib = 2**30
+    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    return f"allocated {allocated / gib:.2f} GiB, reserved {reserved / gib:.2f} GiB, device total {total / gib:.2f} GiB"

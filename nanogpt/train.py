@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,10 @@ from nanogpt import events
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint, slow_save
 from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
-from nanogpt.device import autocast, default_peak_flops, resolve_device, resolve_dtype, synchronize
+from nanogpt.device import autocast, default_peak_flops, memory_report, resolve_device, resolve_dtype, synchronize
 from nanogpt.model import GPT, GPTConfig
 
-__all__ = ["train", "TrainResult", "StopRequest", "get_lr", "estimate_loss"]
+__all__ = ["train", "TrainResult", "StopRequest", "OutOfMemory", "get_lr", "estimate_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class StopRequest:
     def request(self, reason: str) -> None:
         if not self.reason:  # the first reason wins
             self.reason = reason
+
+
+class OutOfMemory(RuntimeError):
+    """CUDA ran out of memory during the run; the message has the figures (one line)."""
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -329,8 +334,16 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
             else:
                 log.warning("not saving a final checkpoint: the weights are not finite; the last one is kept")
     except BaseException as e:
-        notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed",
-                                           f"{type(e).__name__}: {e}", time.time()))  # fmt: skip
+        reason = f"{type(e).__name__}: {e}"
+        if isinstance(e, torch.cuda.OutOfMemoryError):  # the figures that say how far over it went
+            asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(e))
+            reason = (f"CUDA out of memory at iteration {iter_num}"
+                      f"{' allocating ' + asked.group(1) if asked else ''}: {memory_report(device)}; batch "
+                      f"{cfg.batch_size}x{cfg.block_size} tokens x {gas} micro-steps; lower batch_size "
+                      f"(raise gradient_accumulation_steps to keep tokens per iteration) or block_size")
+        notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed", reason, time.time()))
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            raise OutOfMemory(reason) from e
         raise
     last_iter = max(start_iter, iter_num - 1)
     notify("on_run_end", events.RunEnd(last_iter, state, reason, time.time()))

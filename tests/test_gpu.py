@@ -223,3 +223,19 @@ def test_the_nvml_double_has_pynvml_s_signatures(name):
 def test_the_cuda_double_has_torch_s_functions(name):
     assert [p.split("_")[0] for p in _parameters(getattr(FakeCuda, name))] == \
         [p.split("_")[0] for p in _parameters(getattr(torch.cuda, name))]
+
+
+# --- the figures of a CUDA out-of-memory error -------------------------------------------------------
+
+
+def test_the_oom_memory_report_gives_allocated_reserved_and_device_total(monkeypatch):
+    from types import SimpleNamespace
+
+    from nanogpt.device import memory_report
+
+    cuda0 = torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 70 * 2**30 if device == cuda0 else 0)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 78.5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * 2**30))
+    assert memory_report(cuda0) == "allocated 70.00 GiB, reserved 78.50 GiB, device total 80.00 GiB"
+    assert memory_report(torch.device("cpu")).startswith("allocated n/a, reserved n/a, device total n/a")
