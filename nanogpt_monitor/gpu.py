@@ -196,9 +196,15 @@ def _cuda_index(device: Any, cuda) -> Optional[int]:
 
 
 def _nvml_uuid(uuid: Any) -> str:
-    """torch's device UUID as NVML and DCGM spell it: "GPU-xxxxxxxx-xxxx-...". """
-    text = str(uuid)
-    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+    """torch's device UUID as NVML and DCGM spell it: "GPU-" and 8-4-4-4-12 lowercase hex digits
+    (MIG devices keep their "MIG-" name)."""
+    text = str(uuid).strip().lower()
+    if text.startswith("mig-"):
+        return "MIG-" + text[4:]
+    digits = text.removeprefix("gpu-").replace("-", "")
+    if len(digits) != 32:  # not a plain UUID: pass it on and let NVML say whether it knows it
+        return f"GPU-{text.removeprefix('gpu-')}"
+    return "GPU-" + "-".join(digits[a:b] for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32)))
 
 
 def register_gpu_collector(monitor, devices: Optional[Iterable[Any]] = None) -> Optional[GpuCollector]:

@@ -239,3 +239,9 @@ def test_the_oom_memory_report_gives_allocated_reserved_and_device_total(monkeyp
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * 2**30))
     assert memory_report(cuda0) == "allocated 70.00 GiB, reserved 78.50 GiB, device total 80.00 GiB"
     assert memory_report(torch.device("cpu")).startswith("allocated n/a, reserved n/a, device total n/a")
+
+
+@pytest.mark.parametrize("torch_uuid", ["5b3c1f0e-8c2a-4d7e-9a61-0f2e3d4c5b6a", "GPU-5b3c1f0e-8c2a-4d7e-9a61-0f2e3d4c5b6a",
+                                        "5B3C1F0E8C2A4D7E9A610F2E3D4C5B6A"])
+def test_the_uuid_label_is_spelt_as_nvml_and_dcgm_spell_it(torch_uuid):
+    assert gpu._nvml_uuid(torch_uuid) == "GPU-5b3c1f0e-8c2a-4d7e-9a61-0f2e3d4c5b6a"
