@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from nanogpt import events
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint, slow_save
 from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
-from nanogpt.device import autocast, default_peak_flops, memory_report, resolve_device, resolve_dtype, synchronize
+from nanogpt.device import (autocast, default_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
+                            synchronize)
 from nanogpt.model import GPT, GPTConfig
 
 __all__ = ["train", "TrainResult", "StopRequest", "OutOfMemory", "get_lr", "estimate_loss"]
@@ -334,15 +334,11 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
             else:
                 log.warning("not saving a final checkpoint: the weights are not finite; the last one is kept")
     except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        if isinstance(e, torch.cuda.OutOfMemoryError):  # the figures that say how far over it went
-            asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(e))
-            reason = (f"CUDA out of memory at iteration {iter_num}"
-                      f"{' allocating ' + asked.group(1) if asked else ''}: {memory_report(device)}; batch "
-                      f"{cfg.batch_size}x{cfg.block_size} tokens x {gas} micro-steps; lower batch_size "
-                      f"(raise gradient_accumulation_steps to keep tokens per iteration) or block_size")
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)  # say how far over it went, in one line
+        reason = (out_of_memory_reason(e, device, iter_num, (cfg.batch_size, cfg.block_size), gas) if oom
+                  else f"{type(e).__name__}: {e}")
         notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed", reason, time.time()))
-        if isinstance(e, torch.cuda.OutOfMemoryError):
+        if oom:
             raise OutOfMemory(reason) from e
         raise
     last_iter = max(start_iter, iter_num - 1)
