@@ -18,7 +18,8 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY nanogpt ./nanogpt
 COPY exporter ./exporter
-RUN pip install .
+COPY nanogpt_monitor ./nanogpt_monitor
+RUN pip install ".[gpu]"
 
 # Checkpoints (and the tokenised corpus cache) live in /out, a volume in compose.
 RUN useradd --create-home --uid 1000 trainer && mkdir /out && chown trainer /out

@@ -2,7 +2,8 @@
 
 Each entry gives the name as registered, its type, HELP text, the labels it
 carries besides `run_id` and `rank`, and the values of those labels that exist
-from the first scrape. `exporter.metrics` registers from this list; the
+from the first scrape. `exporter.metrics` registers from this list (all but
+the per-GPU families, which `nanogpt_monitor.gpu` yields at scrape time); the
 README's metrics table (`python -m exporter.catalogue` prints it), the SPEC
 name test and the Grafana generator's state list come from it or are checked
 against it. This module holds data only: it imports no client library, so
@@ -42,6 +43,21 @@ ITERATION_DURATION_BUCKETS = (
 
 KINDS = ("gauge", "counter", "summary", "histogram", "info")
 
+# Where a family's samples come from. "monitor": registered by exporter.metrics, present from the
+# first scrape. "gpu": read at scrape time, one series per CUDA device the trainer uses, by the
+# torch-side collector nanogpt_monitor.gpu; absent where there is no GPU (or no NVML, for NVML's).
+SOURCES = ("monitor", "gpu")
+
+# Labels of every "gpu" family besides run_id and rank: the CUDA device index the trainer uses
+# (cuda:N, as torch numbers it), the device UUID (joins DCGM's `UUID` label) and its product name.
+GPU_LABELS = ("gpu", "uuid", "name")
+
+# SPEC (issue 13): nanogpt_gpu_throttle_reasons{reason=...}, NVML's clock event reasons, 1 when active.
+THROTTLE_REASONS = (
+    "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost",
+    "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "display_clock_setting",
+)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -55,6 +71,13 @@ class Metric:
     values: tuple[str, ...] = ()  # that label's values present from the first scrape (info: its keys)
     initial: float | None = math.nan  # gauges only: the value before any event (NaN = not known yet)
     buckets: tuple[float, ...] = ()  # histograms only
+    source: str = "monitor"  # one of SOURCES
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label name of its series (histogram `le` and info keys aside)."""
+        device = GPU_LABELS if self.source == "gpu" else ()
+        return (*LABELS, *device, *((self.label,) if self.label else ()))
 
     @property
     def exposed(self) -> tuple[str, ...]:
@@ -115,9 +138,35 @@ METRICS: tuple[Metric, ...] = (
            "Exceptions caught inside the exporter (logged once per site, never raised into training)."),
     Metric("scrape_duration", "nanogpt_exporter_scrape_duration_seconds", "gauge",
            "Time the exporter took to render the previous /metrics answer.", initial=0),
+    # Per GPU, read when scraped (nothing is added to the training step). torch.cuda: this process.
+    Metric("gpu_memory_allocated", "nanogpt_gpu_memory_allocated_bytes", "gauge",
+           "Device memory held by this process's tensors (torch.cuda.memory_allocated).", source="gpu"),
+    Metric("gpu_memory_reserved", "nanogpt_gpu_memory_reserved_bytes", "gauge",
+           "Device memory reserved by this process's caching allocator (torch.cuda.memory_reserved).",
+           source="gpu"),
+    Metric("gpu_memory_peak_allocated", "nanogpt_gpu_memory_peak_allocated_bytes", "gauge",
+           "Peak device memory held by this process's tensors since it started "
+           "(torch.cuda.max_memory_allocated).", source="gpu"),
+    # NVML: the whole device, every process on it.
+    Metric("gpu_memory_used", "nanogpt_gpu_memory_used_bytes", "gauge",
+           "Device memory in use by all processes (NVML).", source="gpu"),
+    Metric("gpu_memory_total", "nanogpt_gpu_memory_total_bytes", "gauge",
+           "Total device memory (NVML; torch's device properties where NVML is missing).", source="gpu"),
+    Metric("gpu_utilization", "nanogpt_gpu_utilization_ratio", "gauge",
+           "Fraction of the last sample period (1/6 s to 1 s) in which a kernel ran on the GPU, 0..1 (NVML).",
+           source="gpu"),
+    Metric("gpu_power", "nanogpt_gpu_power_watts", "gauge", "Power draw of the device (NVML).", source="gpu"),
+    Metric("gpu_temperature", "nanogpt_gpu_temperature_celsius", "gauge", "GPU core temperature (NVML).",
+           source="gpu"),
+    Metric("gpu_sm_clock", "nanogpt_gpu_sm_clock_hertz", "gauge", "Current SM clock (NVML).", source="gpu"),
+    Metric("gpu_throttle_reasons", "nanogpt_gpu_throttle_reasons", "gauge",
+           "1 when NVML reports this reason for holding the clocks down, else 0.", label="reason",
+           values=THROTTLE_REASONS, source="gpu"),
 )
 
 BY_KEY = {metric.key: metric for metric in METRICS}
+REGISTERED = tuple(m for m in METRICS if m.source == "monitor")  # what exporter.metrics creates
+GPU_METRICS = tuple(m for m in METRICS if m.source == "gpu")  # what nanogpt_monitor.gpu yields
 
 
 def exposed_names() -> dict[str, Metric]:
@@ -135,6 +184,8 @@ def markdown_table() -> str:
             labels = ", ".join(m.values)
         if m.kind == "histogram":
             labels = "`le`"
+        if m.source == "gpu":
+            labels = ", ".join(f"`{name}`" for name in GPU_LABELS) + (f"; {labels}" if labels else "")
         rows.append(f"| `{name}` | {m.kind} | {labels} | {m.help} |")
     return "\n".join(rows) + "\n"
 

@@ -18,7 +18,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from .catalogue import LABELS, METRICS, STATES, Metric
+from .catalogue import LABELS, REGISTERED, STATES, Metric
 
 __all__ = ["TrainingMetrics", "create_metrics"]
 
@@ -80,13 +80,13 @@ def _register(metric: Metric, registry: CollectorRegistry, run_id: str, rank: st
 
 
 def create_metrics(registry: CollectorRegistry, run_id: str, rank: int) -> TrainingMetrics:
-    """Register every catalogue metric on `registry` (plus the process, platform and GC
-    collectors) and return its children for this run_id and rank."""
+    """Register every catalogue metric except the per-GPU ones (nanogpt_monitor.gpu collects those)
+    on `registry`, plus the process, platform and GC collectors; return the children for this run_id and rank."""
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry, platform=platform)
     GCCollector(registry=registry)
     run_id, rank = str(run_id), str(rank)
-    children = {metric.key: _register(metric, registry, run_id, rank) for metric in METRICS}
+    children = {metric.key: _register(metric, registry, run_id, rank) for metric in REGISTERED}
     metrics = TrainingMetrics(children, run_id, rank)
     metrics.set_state(STATES[0])
     return metrics

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from . import architecture
 from .history import History, Point, csv_lines
 from .metricslog import MetricsLog
+from .devices import device_status
 from .catalogue import INFO_KEYS
 from .metrics import TrainingMetrics, create_metrics
 from .server import MetricsServer
@@ -109,6 +110,7 @@ class TrainingMonitor:
         }
         self._model_config: dict = {}
         self._parameters: dict = {}
+        self._device_collectors: list = []
 
     # --- events from the training loop ---------------------------------------------------------
 
@@ -258,6 +260,12 @@ class TrainingMonitor:
         if self.metrics_log is not None:
             self.metrics_log.close()
 
+    def add_device_collector(self, collector) -> None:
+        """Serve a per-device collector (families labelled `gpu`, e.g. nanogpt_monitor.gpu's) on
+        /metrics, and the same figures per device in /api/status's `gpus`."""
+        self.registry.register(collector)
+        self._device_collectors.append(collector)
+
     # --- errors and change notification ------------------------------------------------------
 
     def report_error(self, site: str, error: Exception) -> None:
@@ -309,8 +317,10 @@ class TrainingMonitor:
         """The /api/status snapshot: state, latest figures, rates, ETA, trend and window mean."""
         with self._changed:
             fields = dict(self._status)
-        return snapshot(self.run_id, self.rank, fields, self.history.since(None), self._ema.value,
-                        time.time() if now is None else now)
+        answer = snapshot(self.run_id, self.rank, fields, self.history.since(None), self._ema.value,
+                          time.time() if now is None else now)
+        answer["gpus"] = device_status(self._device_collectors)
+        return answer
 
     def model(self) -> dict:
         """The /api/model answer: model config, parameter counts and the layer list."""

@@ -119,6 +119,7 @@ def page_values(status: dict, model: dict) -> dict[str, str]:
         "fig_step": fmt_seconds(get("step_seconds")),
         "fig_lr": f"{get('lr'):.2e}" if _finite(get("lr")) else DASH,
         "fig_elapsed": fmt_duration(get("elapsed_seconds")),
+        **gpu_figures(status),
         "model_summary": model_summary(model.get("model_config") or {}),
         "parameter_items": parameter_items(model.get("parameters") or {}),
     }
@@ -168,6 +169,22 @@ def fmt_trend(trend: Optional[dict]) -> str:
         return "unknown"
     ratio = trend.get("improvement_ratio")
     return f"{trend['state']} ({ratio * 100:+.1f} %)" if _finite(ratio) else str(trend["state"])
+
+
+def gpu_figures(status: dict) -> dict[str, str]:
+    """The Device section: the first GPU's name, reserved / total memory and utilisation from
+    /api/status's `gpus`; "no GPU" when the run's device is not CUDA."""
+    gpus = status.get("gpus") or []
+    device = str(status.get("device") or "")
+    if not gpus:
+        name = DASH if not device else (f"{device} (no readings yet)" if device.startswith("cuda") else "no GPU")
+        return {"fig_gpu": name, "fig_gpu_memory": DASH, "fig_gpu_utilization": DASH}
+    first = gpus[0]
+    reserved, total = first.get("memory_reserved_bytes"), first.get("memory_total_bytes")
+    memory = f"{reserved / 2**30:.1f} / {total / 2**30:.1f} GiB" if _finite(reserved) and _finite(total) else DASH
+    utilization = first.get("utilization_ratio")
+    return {"fig_gpu": f"{first.get('name')} (cuda:{first.get('gpu')})", "fig_gpu_memory": memory,
+            "fig_gpu_utilization": f"{utilization * 100:.0f} %" if _finite(utilization) else DASH}
 
 
 def model_summary(config: dict) -> str:

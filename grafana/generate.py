@@ -22,6 +22,7 @@ from grafana_foundation_sdk.models.common import BigValueTextMode
 from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DashboardLinkType, DataTransformerConfig
 from grafana_foundation_sdk.models.text import TextMode
 
+from .gpu_panels import gpu_row, mobile_gpu_panels
 from .panels import (
     DATASOURCE, LEGEND, bar_gauge, bottom_legend, eta_panel, firing_alerts_panel, history_table, loss_chart,
     loss_now_panel, per_run_process, quantile_expr, query, run_variables, sel, stat_panel, state_panel, thresholds,
@@ -105,6 +106,7 @@ def training() -> dashboard.Dashboard:
                                 query(sel("nanogpt_learning_rate"))).height(8).span(8))
          .with_panel(time_chart("Grad norm", "Gradient norm before clipping (nanogpt_grad_norm).",
                                 query(sel("nanogpt_grad_norm"))).height(8).span(8)))
+    d = gpu_row(d)  # device health beside the loss (empty without a GPU)
     d = (d.with_row(dashboard.Row("Model"))
          .with_panel(stat_panel("Model shape", "nanogpt_model_config: n_layer, n_head, n_embd, block_size, "
                                 "vocab_size, dropout.", query(sel("nanogpt_model_config"), legend="{{field}}"),
@@ -145,10 +147,12 @@ def live_page_note() -> text.Panel:
 
 def mobile() -> dashboard.Dashboard:
     """Phone view: one column of short, full-width panels, most important first."""
-    d = base("nanogpt-mobile", "nanoGPT mobile", "What to check on a phone: state, loss, trend, ETA, alerts.")
+    d = base("nanogpt-mobile", "nanoGPT mobile",
+             "What to check on a phone: state, loss, trend, ETA, alerts, GPU busy and memory.")
     for panel, height in ((state_panel(), 3),
                           (loss_now_panel("Loss now"), 4),
                           (trend_panel(), 3), (eta_panel(), 3), (firing_alerts_panel(), 3),
+                          *((panel, 3) for panel in mobile_gpu_panels()),
                           (loss_chart(evals=False), 8)):
         d = d.with_panel(panel.height(height).span(24))
     return d

@@ -117,6 +117,10 @@ def build_observer(cfg: TrainConfig, rank: int, local_rank: int) -> events.Obser
 
     name = "metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"
     monitor = TrainingMonitor(run_id=cfg.run_id, rank=rank, metrics_log=os.path.join(cfg.out_dir, name))
+    # device health of this rank's GPU, read at scrape time (nothing without CUDA)
+    from nanogpt_monitor.gpu import register_gpu_collector
+
+    register_gpu_collector(monitor, devices=[cfg.device])
     try:
         web_config = load_web_config(cfg.metrics_web_config) if cfg.metrics_web_config else None
         server = monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=web_config)
@@ -178,9 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) -> int:
     """Join DDP, serve metrics, train, print the summary, linger; returns the exit code."""
-    from nanogpt.train import train
+    from nanogpt.train import OutOfMemory, train
 
-    local_rank, trained = 0, False
+    local_rank, trained, observer = 0, False, None
     try:
         if distributed:
             cfg, rank, local_rank = _init_distributed(cfg)
@@ -196,6 +200,10 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OutOfMemory as e:  # state "failed" is already reported; the last checkpoint is untouched
+        print(f"error: {e}", file=sys.stderr)
+        _linger_and_close(observer, cfg, signals)
+        return EXIT_FAILED_RUN
     finally:
         if distributed:
             import torch.distributed as dist
@@ -211,14 +219,19 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
     # one write() per line: ranks share torchrun's stdout, and print() may write text and newline apart
     sys.stdout.write(f"[rank {rank}] {summary}\n" if distributed else f"{summary}\n")
     sys.stdout.flush()
+    _linger_and_close(observer, cfg, signals)
+    if result.stopped:
+        return signals.exit_code()
+    return 0 if result.state == "finished" else EXIT_FAILED_RUN
+
+
+def _linger_and_close(observer, cfg: TrainConfig, signals: _StopSignals) -> None:
+    """Keep serving for --metrics-linger seconds (so the final state gets scraped), then stop."""
     if observer is not None and cfg.metrics_linger > 0:
         log.info("serving metrics for %.0f more seconds (a signal ends this)", cfg.metrics_linger)
         signals.linger(cfg.metrics_linger)
     if observer is not None:
         observer.close()
-    if result.stopped:
-        return signals.exit_code()
-    return 0 if result.state == "finished" else EXIT_FAILED_RUN
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 
-__all__ = ["resolve_device", "resolve_dtype", "autocast", "default_peak_flops", "synchronize"]
+__all__ = ["resolve_device", "resolve_dtype", "autocast", "default_peak_flops", "synchronize", "memory_report",
+           "out_of_memory_reason"]
 
 # Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, FLOP/s.
 # Matched as substrings of torch.cuda.get_device_name(), first match wins.
@@ -69,3 +71,23 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work (a no-op on CPU, where work is already synchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def memory_report(device: torch.device) -> str:
+    """"allocated A GiB, reserved R GiB, device total T GiB" of a CUDA device (n/a elsewhere)."""
+    if device.type != "cuda":
+        return f"allocated n/a, reserved n/a, device total n/a (device {device}, not CUDA)"
+    gib = 2**30
+    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    return f"allocated {allocated / gib:.2f} GiB, reserved {reserved / gib:.2f} GiB, device total {total / gib:.2f} GiB"
+
+
+def out_of_memory_reason(error: Exception, device: torch.device, iteration: int, batch: tuple[int, int],
+                         micro_steps: int) -> str:
+    """One line for a CUDA out-of-memory error: where, how much was asked, the memory figures,
+    the batch shape (batch_size, block_size) and what to change."""
+    asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(error))
+    return (f"CUDA out of memory at iteration {iteration}{' allocating ' + asked.group(1) if asked else ''}: "
+            f"{memory_report(device)}; batch {batch[0]}x{batch[1]} tokens x {micro_steps} micro-steps; lower "
+            "batch_size (raise gradient_accumulation_steps to keep tokens per iteration) or block_size")

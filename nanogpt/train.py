@@ -27,10 +27,11 @@ from nanogpt import events
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
 from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
-from nanogpt.device import autocast, default_peak_flops, resolve_device, resolve_dtype, synchronize
+from nanogpt.device import (autocast, default_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
+                            synchronize)
 from nanogpt.model import GPT, GPTConfig
 
-__all__ = ["train", "TrainResult", "StopRequest", "get_lr", "estimate_loss"]
+__all__ = ["train", "TrainResult", "StopRequest", "OutOfMemory", "get_lr", "estimate_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class StopRequest:
     def request(self, reason: str) -> None:
         if not self.reason:  # the first reason wins
             self.reason = reason
+
+
+class OutOfMemory(RuntimeError):
+    """CUDA ran out of memory during the run; the message has the figures (one line)."""
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -325,8 +330,12 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
             else:
                 log.warning("not saving a final checkpoint: the weights are not finite; the last one is kept")
     except BaseException as e:
-        notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed",
-                                           f"{type(e).__name__}: {e}", time.time()))  # fmt: skip
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)  # say how far over it went, in one line
+        reason = (out_of_memory_reason(e, device, iter_num, (cfg.batch_size, cfg.block_size), gas) if oom
+                  else f"{type(e).__name__}: {e}")
+        notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed", reason, time.time()))
+        if oom:
+            raise OutOfMemory(reason) from e
         raise
     last_iter = max(start_iter, iter_num - 1)
     notify("on_run_end", events.RunEnd(last_iter, state, reason, time.time()))

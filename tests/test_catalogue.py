@@ -9,7 +9,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from exporter import catalogue
+from exporter import TrainingMonitor
 from exporter.metrics import create_metrics
+from nanogpt_monitor.gpu import GpuCollector
+from tests.support.gpu_double import FakeCuda, FakeGpu, FakeNvml
 from tests.support.grafana import load_dashboards, targets
 from tests.test_metrics import SPEC_METRICS
 
@@ -24,14 +27,34 @@ def scraped_families() -> dict[str, tuple[str, list]]:
     return {f.name: (f.type, f.samples) for f in registry.collect() if f.name.startswith("nanogpt_")}
 
 
-def test_the_registry_serves_exactly_the_catalogue():
+def test_the_registry_serves_exactly_the_catalogue_less_the_per_gpu_families():
     scraped = scraped_families()
-    assert sorted(scraped) == sorted(m.name for m in catalogue.METRICS)
-    for metric in catalogue.METRICS:
+    assert sorted(scraped) == sorted(m.name for m in catalogue.REGISTERED)
+    for metric in catalogue.REGISTERED:
         assert scraped[metric.name][0] == metric.kind, metric.name
 
 
-@pytest.mark.parametrize("metric", [m for m in catalogue.METRICS if m.label], ids=lambda m: m.name)
+def test_the_gpu_collector_serves_exactly_the_catalogue_gpu_families():
+    # on an NVML-shaped double: every reading present, so every family shows
+    monitor = TrainingMonitor(run_id="r", rank=0)
+    device = FakeGpu()
+    monitor.add_device_collector(GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([device]), nvml=FakeNvml([device])))
+    families = {f.name: f for f in monitor.registry.collect() if f.name.startswith("nanogpt_gpu_")}
+    assert sorted(families) == sorted(m.name for m in catalogue.GPU_METRICS)
+    for metric in catalogue.GPU_METRICS:
+        family = families[metric.name]
+        assert (family.type, family.documentation) == (metric.kind, metric.help), metric.name
+        assert {tuple(s.labels) for s in family.samples} == {metric.labels}, metric.name
+        if metric.label:
+            assert {s.labels[metric.label] for s in family.samples} == set(metric.values)
+
+
+def test_every_family_is_either_registered_or_per_gpu():
+    assert set(catalogue.REGISTERED) | set(catalogue.GPU_METRICS) == set(catalogue.METRICS)
+    assert all(m.name.startswith("nanogpt_gpu_") == (m.source == "gpu") for m in catalogue.METRICS)
+
+
+@pytest.mark.parametrize("metric", [m for m in catalogue.REGISTERED if m.label], ids=lambda m: m.name)
 def test_declared_label_values_exist_from_the_first_scrape(metric):
     _, samples = scraped_families()[metric.name]
     assert {s.labels[metric.label] for s in samples if metric.label in s.labels} == set(metric.values)

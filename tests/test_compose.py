@@ -5,6 +5,7 @@ config as `docker-compose config` resolves it with an empty environment."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -31,7 +32,7 @@ def docker_compose_config(env: dict, *args: str) -> subprocess.CompletedProcess:
 @cache
 def resolved() -> dict:
     """The compose file after interpolation, merges and path resolution, all profiles on, nothing set."""
-    result = docker_compose_config({}, "--profile", "gpu")
+    result = docker_compose_config({}, "--profile", "cpu", "--profile", "gpu")
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -130,7 +131,7 @@ def test_the_stack_has_its_services_with_pinned_images():
     assert {"trainer", "trainer-gpu", "prometheus", "alertmanager", "grafana", "grafana-password"} <= set(services())
     images = {name: s["image"] for name, s in services().items()}
     for name, image in images.items():  # pulled images carry a version tag; ours are built here
-        assert "build" in services()[name] or re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), image
+        assert "build" in services()[name] or re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+[\w.-]*", image), image
     assert re.fullmatch(r"prom/prometheus:v2\.53\.\d+", images["prometheus"])
     assert re.fullmatch(r"prom/alertmanager:v0\.\d+\.\d+", images["alertmanager"])
     sdk = re.search(r'"grafana-foundation-sdk==(?:\d+!)?(\d+\.\d+)\.', (REPO / "pyproject.toml").read_text())
@@ -231,4 +232,72 @@ def test_gpu_variant_reserves_an_nvidia_gpu_under_its_profile():
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert "--device=cuda" in gpu["command"]
-    assert "profiles" not in services()["trainer"]
+    assert services()["trainer"]["profiles"] == ["cpu"]
+
+
+# --- the gpu profile: `docker compose --profile gpu up` and nothing more -----------------------------
+
+def started_services(*profiles: str) -> set[str]:
+    """The services `docker-compose [--profile P ...] up` starts from a clean environment, as
+    docker-compose itself decides: its own profile resolution (the flags, else COMPOSE_PROFILES
+    from the environment or .env) and its own Service.enabled_for_profiles, run by the Python
+    that runs docker-compose (Debian's), on the resolved file."""
+    script = """
+import json, sys
+from compose.cli.command import get_config_from_options, get_profiles_from_options
+from compose.config.environment import Environment
+from compose.service import Service
+environment = Environment.from_env_file(".")
+options = {"--file": [sys.argv[1]], "--profile": sys.argv[2:]}
+config = get_config_from_options(".", options, environment)
+active = get_profiles_from_options(options, environment)
+services = [Service(s["name"], client=None, project="nanogpt", **{k: v for k, v in s.items() if k != "name"})
+            for s in config.services]
+print(json.dumps(sorted(s.name for s in services if s.enabled_for_profiles(active))))
+"""
+    interpreter = Path(require("docker-compose")).read_text().splitlines()[0].removeprefix("#!").split()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "NANOGPT_", "COMPOSE_"))}
+    result = subprocess.run([*interpreter, "-c", script, str(COMPOSE_FILE), *profiles], capture_output=True,
+                            text=True, cwd=REPO, env=clean, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+STACK = {"prometheus", "alertmanager", "grafana"}
+
+
+def test_plain_up_runs_the_cpu_trainer_and_no_gpu_service():
+    assert started_services() == STACK | {"trainer"}
+
+
+def test_profile_gpu_alone_swaps_in_the_gpu_trainer_and_dcgm():
+    assert started_services("gpu") == STACK | {"trainer-gpu", "dcgm-exporter"}
+
+
+def test_dcgm_exporter_is_pinned_reserves_the_gpus_and_reads_the_fields_the_dashboards_show():
+    dcgm = services()["dcgm-exporter"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/k8s/dcgm-exporter:\d+\.\d+\.\d+-\d+\.\d+\.\d+-ubuntu22\.04", dcgm["image"])
+    assert dcgm["profiles"] == ["gpu"]
+    (device,) = dcgm["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == "all" and "gpu" in device["capabilities"]
+    assert "SYS_ADMIN" in dcgm["cap_add"]  # profiling fields such as DCGM_FI_PROF_SM_ACTIVE
+    assert published("dcgm-exporter") == [("127.0.0.1", 9400, 9400)]
+    flag, counters = dcgm["command"]
+    [(source, target)] = [v.split(":")[:2] for v in dcgm["volumes"]]
+    csv = (Path(source) / PurePosixPath(counters).relative_to(target)).read_text()
+    fields = {line.split(",")[0].strip() for line in csv.splitlines() if line.strip() and not line.startswith("#")}
+    from tests.support.grafana import generator_module
+
+    assert flag == "-f" and set(generator_module("gpu_panels").DCGM_FIELDS) <= fields
+
+
+def test_prometheus_finds_dcgm_by_its_service_name_on_its_published_port():
+    prometheus_yml = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    [job] = [job for job in prometheus_yml["scrape_configs"] if job["job_name"] == "dcgm"]
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["dcgm-exporter"] and sd["type"] == "A"
+    assert sd["port"] in {c for _, _, c in published("dcgm-exporter")}
+
+
+def test_the_gpu_trainer_can_read_nvml():
+    assert "utility" in services()["trainer-gpu"]["environment"]["NVIDIA_DRIVER_CAPABILITIES"].split(",")

@@ -1,11 +1,14 @@
-"""The provisioned Grafana dashboards as data: panels, their queries, variables.
+"""The provisioned Grafana dashboards as data: panels, their queries, variables, and running
+those queries on a real Prometheus as Grafana would.
 
-Read-only helpers for tests/test_grafana_dashboards.py (static checks) and
-tests/e2e/test_grafana_queries.py (every query run on real data).
+Read-only helpers for tests/test_grafana_dashboards.py (static checks),
+tests/e2e/test_grafana_queries.py (every query run on a real training) and
+tests/e2e/test_gpu_dashboards.py (the GPU panels on backfilled GPU-shaped data).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -55,3 +58,51 @@ def parse_label_values(text: str) -> tuple[str | None, str]:
     if not m:
         raise ValueError(f"not a label_values() query: {text}")
     return m.group("match"), m.group("label")
+
+
+# Series only a GPU run (nanogpt_gpu_*) or NVIDIA's DCGM exporter (DCGM_*) makes.
+GPU_SERIES = re.compile(r"\b(?:nanogpt_gpu_\w+|DCGM_\w+)")
+
+
+def is_gpu_query(expr: str) -> bool:
+    """Whether a panel query reads device series, which a CPU run never has."""
+    return bool(GPU_SERIES.search(expr))
+
+
+def generator_module(name: str):
+    """A module of the grafana/ package (e.g. "gpu_panels")."""
+    return importlib.import_module(f"grafana.{name}")
+
+
+def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int) -> str:
+    """Grafana's variables for one selected run and rank "All" (`.*`), step = one scrape."""
+    values = {
+        "$__rate_interval": f"{4 * scrape_seconds}s",  # max(4 x timeInterval, step + timeInterval)
+        "$__interval_ms": str(1000 * scrape_seconds), "$__interval": f"{scrape_seconds}s",
+        "$__range_s": str(range_seconds), "$__range": f"{range_seconds}s",
+        "$run_id": run_id, "$rank": ".*",
+    }
+    for name, value in values.items():  # longest names first, so $__interval never eats $__interval_ms
+        expr = expr.replace(name, value)
+    assert "$" not in expr.replace('"$1"', ""), f"unsubstituted variable in {expr}"
+    return expr
+
+
+def queries_without_data(prometheus, run_id: str, start: float, end: float, scrape_seconds: int,
+                         select=lambda expr: True) -> list[str]:
+    """Run every selected panel query of every dashboard over [start, end] (instant ones at `end`),
+    step one scrape; returns a line for each that gave no series."""
+    failures = []
+    for uid, board in load_dashboards().items():
+        for title, target in targets(board):
+            if not select(target["expr"]):
+                continue
+            expr = substitute(target["expr"], run_id, int(end - start) + 1, scrape_seconds)
+            if target.get("instant"):
+                data = prometheus.api("query", query=expr, time=end)
+                result = data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
+            else:
+                result = prometheus.query_range(expr, start, end, step=scrape_seconds)
+            if not result:
+                failures.append(f"{uid} / {title} / {target['refId']}: no series for {expr}")
+    return failures

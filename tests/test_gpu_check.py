@@ -1,0 +1,119 @@
+"""scripts/gpu_check.sh (bench/gpu_check.py, bench/sync_probe.py) on a machine without a GPU: it
+skips with a clear message, and each claim's judgement is checked here on the real trainer's own
+output (log lines, /metrics, the OOM line) or on the shapes the GPU run produces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from prometheus_client import generate_latest
+
+from bench import gpu_check
+from bench.sync_probe import SyncLog
+from exporter import TrainingMonitor
+from nanogpt_monitor.gpu import GpuCollector
+from tests.support.gpu_double import FakeCuda, FakeGpu, FakeNvml
+from tests.support.procs import REPO
+from tests.support.trainer import tiny_flags
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: run the check itself")
+def test_without_cuda_the_script_says_so_and_exits_0():
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("gpu_check: no CUDA device")
+    assert "Skipped." in result.stdout
+
+
+def test_the_log_parser_reads_the_trainer_s_own_lines(tmp_path):
+    run = gpu_check.train([*tiny_flags(tmp_path, max_iters=60, log_interval=10, no_metrics=False)], metrics=False)
+    assert run.exit == 0, run.output
+    assert [it for it, _ in run.losses] == [0, 10, 20, 30, 40, 50, 60]
+    assert len(run.rates) == 2 and all(rate > 0 for rate in run.rates)  # iterations 50 and 60, after warm-up
+    assert len(run.mfus) == 2 and all(0 < mfu < 1 for mfu in run.mfus)
+
+
+def run_with(losses: list[float], exit: int = 0) -> gpu_check.Run:
+    lines = [f"iter {10 * i}: loss {loss}, time 5.00ms, tok/s 1000, mfu 1.00%, eta 0:00:01" for i, loss in enumerate(losses)]
+    output = "\n".join(lines)
+    return gpu_check.Run(exit, output, *gpu_check.parse_log(output), [])
+
+
+def test_the_loss_claim_needs_every_loss_finite_to_the_last_iteration_and_a_real_fall():
+    assert gpu_check.loss_claim("bf16", run_with([4.2, 3.5, 3.0, 2.9, 2.8]), iters=40).ok
+    assert not gpu_check.loss_claim("bf16", run_with([4.2, 4.1, 4.0, 3.9, 3.9]), iters=40).ok  # -7 %: not learning
+    assert not gpu_check.loss_claim("bf16", run_with([4.2, 3.5, float("nan"), 2.9, 2.8]), iters=40).ok
+    assert not gpu_check.loss_claim("bf16", run_with([4.2, 3.5, 3.0, 2.9]), iters=40).ok  # stopped early
+    assert not gpu_check.loss_claim("bf16", run_with([4.2, 3.5, 3.0, 2.9, 2.8], exit=1), iters=40).ok
+
+
+def scrape_of(device: FakeGpu | None) -> str:
+    monitor = TrainingMonitor(run_id="check", rank=0)
+    if device is not None:
+        monitor.add_device_collector(GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([device]), nvml=FakeNvml([device])))
+    return generate_latest(monitor.registry).decode()
+
+
+def test_the_gpu_metrics_claim_reads_the_collector_s_exposition():
+    claim = gpu_check.gpu_metrics_claim([scrape_of(FakeGpu())] * 3)
+    assert claim.ok, claim.figure
+    assert claim.figure.startswith("3 scrapes; peak util 87%, reserved 4.00 GiB, power 412 W")
+
+
+@pytest.mark.parametrize("device, problem", [(None, "missing"), (FakeGpu(utilization_percent=0), "zero utilization"),
+                                             (FakeGpu(unsupported={"power"}), "missing power_watts")])
+def test_the_gpu_metrics_claim_fails_on_absent_or_zero_readings(device, problem):
+    claim = gpu_check.gpu_metrics_claim([scrape_of(device)])
+    assert not claim.ok and problem in claim.figure
+
+
+def test_the_sync_claim_allows_syncs_only_at_log_points():
+    probe = {"exit": 0, "cuda": True, "iterations": list(range(21)),
+             "syncs": [{"iteration": 0, "site": "train.py:1"}, {"iteration": 10, "site": "train.py:2"}]}
+    claim = gpu_check.sync_claim(probe, log_interval=10, eval_interval=1000, iters=20)
+    assert claim.ok and claim.figure == "0 syncs in 18 steps between log points (2 at log points)"
+    probe["syncs"].append({"iteration": 13, "site": "train.py:3 x.item()"})
+    claim = gpu_check.sync_claim(probe, log_interval=10, eval_interval=1000, iters=20)
+    assert not claim.ok and "train.py:3 x.item()" in claim.figure
+    assert not gpu_check.sync_claim({**probe, "syncs": [], "cuda": False}, 10, 1000, 20).ok  # no CUDA: no proof
+
+
+def test_the_sync_log_attributes_a_sync_warning_to_the_running_iteration():
+    log = SyncLog()
+    log.started(7)
+    log.warned(UserWarning("called a synchronizing CUDA operation"), UserWarning, "x.py", 1)
+    assert [s["iteration"] for s in log.syncs] == [7]
+
+
+def test_the_sync_probe_sees_every_iteration_of_the_real_trainer(tmp_path):
+    out = tmp_path / "syncs.json"
+    result = subprocess.run([sys.executable, "-m", "bench.sync_probe", str(out), *tiny_flags(tmp_path, max_iters=12)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    probe = json.loads(out.read_text())
+    assert probe["iterations"] == list(range(13)) and probe["exit"] == 0
+    assert probe["cuda"] is torch.cuda.is_available()
+
+
+def test_the_oom_claim_holds_on_the_trainer_s_real_oom_handling(tmp_path):
+    run = gpu_check.train(tiny_flags(tmp_path, max_iters=20), metrics=False,
+                          command=("tests.support.oom_train", "--oom-at-forward=3"))
+    claim = gpu_check.oom_claim(run)
+    assert claim.ok, claim.figure
+    assert claim.figure.startswith("exit 1: error: CUDA out of memory at iteration 2")
+
+
+def test_throughput_mfu_and_the_table():
+    on, off = run_with([4.0] * 8), run_with([4.0] * 8)
+    assert gpu_check.throughput_claim([on], [off]).ok  # equal rates: ratio 1.000
+    mfu = gpu_check.mfu_claim([on], "NVIDIA H200", 989e12, known=True)
+    assert mfu.ok and mfu.figure == "1.0% of 989 TFLOP/s (NVIDIA H200, peak from the table)"
+    report = gpu_check.table([mfu, gpu_check.Claim("b", "x", False)]).splitlines()
+    assert report[0].split() == ["result", "claim", "figure"]
+    assert report[2].startswith("PASS    MFU plausible") and report[3].startswith("FAIL    b ")
+    assert report[-1] == "1/2 claims hold"
