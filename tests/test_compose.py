@@ -263,7 +263,7 @@ print(json.dumps(sorted(s.name for s in services if s.enabled_for_profiles(activ
     return set(json.loads(result.stdout))
 
 
-STACK = {"prometheus", "alertmanager", "grafana"}
+STACK = {"prometheus", "alertmanager", "grafana", "grafana-password"}
 
 
 def test_plain_up_runs_the_cpu_trainer_and_no_gpu_service():
