@@ -32,8 +32,8 @@ PARAMETER_COMPONENTS = (
 # SPEC: nanogpt_model_config{field=...}; other numeric fields the trainer sends are added when seen.
 CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
 
-# SPEC: nanogpt_run_info keys (besides run_id and rank).
-INFO_KEYS = ("dataset", "device", "dtype", "world_size", "version")
+# SPEC: nanogpt_run_info keys (besides run_id and rank); node is the node rank under torchrun (GROUP_RANK).
+INFO_KEYS = ("dataset", "device", "dtype", "world_size", "node", "version")
 
 # Seconds per iteration: from ~1 ms (a tiny CPU model) to 10 min (huge gradient accumulation).
 ITERATION_DURATION_BUCKETS = (
@@ -115,7 +115,7 @@ def create_metrics(registry: CollectorRegistry, run_id: str, rank: int) -> Train
     model_config = Gauge("nanogpt_model_config",
                          "Model configuration value per field (n_layer, n_head, n_embd, block_size, vocab_size, "
                          "dropout).", (*LABELS, "field"), registry=registry)
-    run_info = Info("nanogpt_run", "The run: dataset, device, dtype, world size and nanogpt-monitor version.",
+    run_info = Info("nanogpt_run", "The run: dataset, device, dtype, world size, node rank and nanogpt-monitor version.",
                     LABELS, registry=registry).labels(*labels)
     metrics = TrainingMetrics(
         iteration=gauge("nanogpt_iteration", "Current iteration number (continues after a resume).", 0),
