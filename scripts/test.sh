@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 for tool in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager chromium:chromium docker-compose:docker-compose; do
+            amtool:prometheus-alertmanager chromium:chromium docker-compose:docker-compose \
+            kubectl:kubernetes-client; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -20,6 +21,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 npm ci --prefix tests/grafana --no-audit --no-fund --loglevel=error
+npm ci --prefix tests/k8s --no-audit --no-fund --loglevel=error
 
 export PYTHONUNBUFFERED=1
 exec python3 -m pytest "$@"
