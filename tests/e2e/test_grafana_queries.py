@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.grafana import load_dashboards, parse_label_values, targets, variable_query, variables
+from tests.support.grafana import load_dashboards, parse_label_values, substitute, targets, variable_query, variables
 from tests.support.procs import PROMETHEUS_RULES, Prometheus, Trainer, http_get, wait_until
 
 pytestmark = pytest.mark.slow
@@ -67,20 +67,6 @@ def run_id(stack) -> str:
     [value] = prometheus.api("label/run_id/values")
     assert re.fullmatch(r"[\w.-]+", value), value  # no regex metacharacters to escape
     return value
-
-
-def substitute(expr: str, run_id: str, range_seconds: int) -> str:
-    """Grafana's variables for one selected run and rank "All" (`.*`), step = one scrape."""
-    values = {
-        "$__rate_interval": f"{4 * SCRAPE_SECONDS}s",  # max(4 x timeInterval, step + timeInterval)
-        "$__interval_ms": str(1000 * SCRAPE_SECONDS), "$__interval": f"{SCRAPE_SECONDS}s",
-        "$__range_s": str(range_seconds), "$__range": f"{range_seconds}s",
-        "$run_id": run_id, "$rank": ".*",
-    }
-    for name, value in values.items():  # longest names first, so $__interval never eats $__interval_ms
-        expr = expr.replace(name, value)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
 
 
 def test_every_panel_query_returns_series(stack, run_id):
