@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -41,6 +42,19 @@ from tests.support.rules import write_scaled_rules  # noqa: E402
 
 FAULTS = {"plateau": "NanoGPTLossPlateau", "nan": "NanoGPTLossNotFinite", "stall": "NanoGPTTrainingStalled"}
 RANKS_PER_POD = 8
+
+
+def api(prometheus: Prometheus, path: str, **params):
+    """GET /api/v1/<path> with a generous timeout (the helper's 5 s is for tests)."""
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/{path}?{query}", timeout=120) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def query(prometheus: Prometheus, expr: str, **params) -> list:
+    return api(prometheus, "query_range" if "step" in params else "query", query=expr, **params)["result"]
 
 
 def percentile(values, q):
@@ -85,11 +99,11 @@ def time_queries(prometheus: Prometheus, run_id: str, range_seconds: int, scrape
         for key, expr, kind in jobs:
             t0 = time.perf_counter()
             if kind == "label":
-                prometheus.api(f"label/{expr[1]}/values", **{"match[]": expr[0], "start": start, "end": end})
+                api(prometheus, f"label/{expr[1]}/values", **{"match[]": expr[0], "start": start, "end": end})
             elif kind:
-                prometheus.query(expr)
+                query(prometheus, expr)
             else:
-                prometheus.query_range(expr, start, end, step=step)
+                query(prometheus, expr, start=start, end=end, step=step)
             timings[key].append(time.perf_counter() - t0)
     return {key: percentile(values, 95) for key, values in timings.items()}
 
@@ -122,7 +136,8 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
                                 evaluation_interval=f"{scrape}s", rule_files=write_scaled_rules(workdir / "rules", scale),
                                 alertmanager=alertmanager.address)  # fmt: skip
         started.append(prometheus)
-        wait_until(lambda: len(prometheus.targets_up()) == ranks, timeout=120, interval=1, what=f"{ranks} targets up")
+        wait_until(lambda: len(query(prometheus, 'up{job="nanogpt"} == 1')) == ranks, timeout=300, interval=2,
+                   what=f"{ranks} targets up")
         usage0 = [proc_usage(w.pid) for w in workers]
         t0 = time.time()
         rule_max = defaultdict(float)
@@ -143,9 +158,9 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
         usage1 = [proc_usage(w.pid) for w in workers]
         own = self_metrics(prometheus)
         series_total = own["prometheus_tsdb_head_series"][0][1]
-        scraped = prometheus.value('avg(scrape_samples_scraped{job="nanogpt"})')
-        recorded = prometheus.value('count({__name__=~"nanogpt:.+"})') / ranks
-        durations = [float(v) for s in prometheus.query(f'scrape_duration_seconds{{job="nanogpt"}}[{int(t1 - t0)}s]')
+        scraped = float(query(prometheus, 'avg(scrape_samples_scraped{job="nanogpt"})')[0]["value"][1])
+        recorded = float(query(prometheus, 'count({__name__=~"nanogpt:.+"})')[0]["value"][1]) / ranks
+        durations = [float(v) for s in query(prometheus, f'scrape_duration_seconds{{job="nanogpt"}}[{int(t1 - t0)}s]')
                      for _, v in s["values"]]  # fmt: skip
         notified = Counter((b["groupLabels"].get("alertname"), b["groupLabels"].get("run_id")) for _, b in webhook.notifications)
         alerts_in = defaultdict(set)
@@ -169,7 +184,10 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
         }
     finally:
         for process in reversed(started):
-            process.stop()
+            try:
+                process.stop(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.proc.kill()
         for worker in workers:
             worker.stdin.close()
         for worker in workers:
@@ -191,8 +209,7 @@ def day(ranks: int, hours: float, step: int, workdir: Path, repeats: int) -> dic
                             rule_files=sorted(PROMETHEUS_RULES.glob("*.yml")),
                             extra_args=("--storage.tsdb.retention.time=30d",))  # fmt: skip
     try:
-        wait_until(lambda: self_metrics(prometheus)["prometheus_rule_group_iterations_total"][0][1] >= 3
-                   if self_metrics(prometheus)["prometheus_rule_group_iterations_total"] else False,
+        wait_until(lambda: min(v for _, v in self_metrics(prometheus)["prometheus_rule_group_iterations_total"]) >= 3,
                    timeout=300, interval=5, what="three rule evaluations")  # fmt: skip
         groups = {labels["rule_group"].rsplit(";", 1)[-1]: v for labels, v in
                   self_metrics(prometheus)["prometheus_rule_group_last_duration_seconds"]}  # fmt: skip
@@ -221,11 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         for ranks in [int(r) for r in args.ranks.split(",")]:
             per_run = min(RANKS_PER_RUN, max(8, ranks // 8))
             print(f"live: {ranks} ranks in {ranks // per_run} runs of {per_run} ...", file=sys.stderr, flush=True)
-            results["live"].append(live(ranks, per_run, args.scale, args.scrape_interval, Path(tmp) / f"live{ranks}",
-                                        args.repeats))  # fmt: skip
+            try:
+                results["live"].append(live(ranks, per_run, args.scale, args.scrape_interval,
+                                            Path(tmp) / f"live{ranks}", args.repeats))  # fmt: skip
+            except Exception as e:  # the first thing that breaks is a finding: report it, go on
+                results.setdefault("broke", []).append(f"{ranks} ranks: {e!r}")
+            print(json.dumps(results["live"][-1:], default=str), file=sys.stderr, flush=True)
         if not args.no_day:
             print(f"day: {args.day_ranks} ranks x {args.day_hours:g} h ...", file=sys.stderr, flush=True)
-            results["day"] = day(args.day_ranks, args.day_hours, args.day_step, Path(tmp), args.repeats)
+            try:
+                results["day"] = day(args.day_ranks, args.day_hours, args.day_step, Path(tmp), args.repeats)
+            except Exception as e:
+                results.setdefault("broke", []).append(f"day: {e!r}")
     from bench.fleet_report import print_report  # noqa: E402
 
     print_report(results, args)

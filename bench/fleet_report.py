@@ -43,6 +43,8 @@ def print_report(results: dict, args) -> None:
             print(f"| {key} | {day['queries_all_24h_p95_s'][key]:.3f} s | {day['queries_run_24h_p95_s'][key]:.3f} s "
                   f"| {day['queries_all_1h_p95_s'][key]:.3f} s |")
         print("\nrule eval: " + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(day["rule_eval_s"].items())))
+    for failure in results.get("broke", []):
+        print(f"\nbroke: {failure}")
     print(f"\n{GOALS}")
     print("\nraw: " + json.dumps(results, default=str))
 
