@@ -32,8 +32,8 @@ PARAMETER_COMPONENTS = (
 # SPEC: nanogpt_model_config{field=...}; other numeric fields the trainer sends are added when seen.
 CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
 
-# SPEC: nanogpt_run_info keys (besides run_id and rank).
-INFO_KEYS = ("dataset", "device", "dtype", "world_size", "version")
+# SPEC: nanogpt_run_info keys (besides run_id and rank); node is the node rank under torchrun (GROUP_RANK).
+INFO_KEYS = ("dataset", "device", "dtype", "world_size", "node", "version")
 
 # Seconds per iteration: from ~1 ms (a tiny CPU model) to 10 min (huge gradient accumulation).
 ITERATION_DURATION_BUCKETS = (
@@ -133,7 +133,7 @@ METRICS: tuple[Metric, ...] = (
            "Model configuration value per field (n_layer, n_head, n_embd, block_size, vocab_size, dropout).",
            label="field", values=CONFIG_FIELDS),
     Metric("run_info", "nanogpt_run", "info",
-           "The run: dataset, device, dtype, world size and nanogpt-monitor version.", values=INFO_KEYS),
+           "The run: dataset, device, dtype, world size, node rank and nanogpt-monitor version.", values=INFO_KEYS),
     Metric("exporter_errors", "nanogpt_exporter_errors", "counter",
            "Exceptions caught inside the exporter (logged once per site, never raised into training)."),
     Metric("scrape_duration", "nanogpt_exporter_scrape_duration_seconds", "gauge",

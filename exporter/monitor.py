@@ -119,7 +119,7 @@ class TrainingMonitor:
                     tokens_per_iteration: Optional[int] = None, model_config: Optional[dict] = None,
                     parameters: Optional[dict] = None, dataset: str = "", device: str = "", dtype: str = "",
                     config: Optional[dict] = None, start_time: Optional[float] = None,
-                    run_id: Optional[str] = None, rank: Optional[int] = None) -> None:
+                    run_id: Optional[str] = None, rank: Optional[int] = None, node: int = 0) -> None:
         """Once before the first iteration (after a resume too): the run's shape and the model."""
         if (run_id is not None and str(run_id) != self.run_id) or (rank is not None and int(rank) != self.rank):
             self.report_error("run_started", ValueError(
@@ -136,7 +136,7 @@ class TrainingMonitor:
         for component, count in self._parameters.items():
             m.set_parameter_count(component, float(count))
         info = {"dataset": str(dataset), "device": str(device), "dtype": str(dtype),
-                "world_size": str(int(world_size)), "version": VERSION}
+                "world_size": str(int(world_size)), "node": str(int(node)), "version": VERSION}
         m.run_info.info({key: info[key] for key in INFO_KEYS})
         try:
             self._restore_history(int(start_iteration))

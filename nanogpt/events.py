@@ -30,6 +30,7 @@ class RunStart:
     dtype: str
     config: dict  # the whole TrainConfig as plain values
     start_time: float  # unix seconds
+    node: int = 0  # node rank of a multi-node run (torchrun's GROUP_RANK); 0 on one machine
 
 
 @dataclass(frozen=True)

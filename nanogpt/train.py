@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     run_id = cfg.run_id or generate_run_id()
     ddp = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    node = int(os.environ.get("GROUP_RANK", 0)) if ddp else 0  # torchrun's node rank (multi-node runs)
     master = rank == 0  # only rank 0 evaluates, prints and checkpoints
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise ConfigError(
@@ -237,7 +239,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
         run_id=run_id, rank=rank, world_size=world_size, start_iteration=start_iter,
         max_iterations=cfg.max_iters, tokens_per_iteration=tokens_per_iter, model_config=dict(model_args),
         parameters=raw_model.parameter_counts(), dataset=data.name, device=str(device), dtype=dtype,
-        config=cfg.to_dict(), start_time=start_time))  # fmt: skip
+        config=cfg.to_dict(), start_time=start_time, node=node))  # fmt: skip
     state, reason, lossf, local_iter, checkpoint_errors, stopped = "finished", "", None, 0, 0, False
     try:
         X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)  # the very first batch

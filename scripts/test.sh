@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for tool in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
             amtool:prometheus-alertmanager chromium:chromium firefox-esr:firefox-esr docker-compose:docker-compose \
-            node:nodejs npm:npm; do
+            node:nodejs npm:npm kubectl:kubernetes-client; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -23,6 +23,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 npm ci --prefix tests/grafana --no-audit --no-fund --loglevel=error
 # puppeteer-core drives the Debian firefox-esr above; it must never download a browser of its own
 PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix tests/firefox --no-audit --no-fund --loglevel=error
+npm ci --prefix tests/k8s --no-audit --no-fund --loglevel=error
 
 export PYTHONUNBUFFERED=1
 exec python3 -m pytest "$@"

@@ -41,7 +41,7 @@ def test_run_started_sets_the_run_shape_model_and_state():
     assert value(monitor, "nanogpt_model_config", field="n_embd") == 32
     assert value(monitor, "nanogpt_training_state", state="running") == 1
     assert value(monitor, "nanogpt_run_info", dataset="shakespeare", device="cpu", dtype="float32",
-                 world_size="1", version=nanogpt.__version__) == 1
+                 world_size="1", node="0", version=nanogpt.__version__) == 1
 
 
 def test_iterations_count_tokens_and_time_steps():

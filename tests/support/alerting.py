@@ -19,6 +19,7 @@ class Webhook:
 
     def __init__(self):
         self.received: list[tuple[float, dict]] = []
+        self.notifications: list[tuple[float, dict]] = []  # one per POST: what a person would be sent
         self._lock = threading.Lock()
         webhook = self
 
@@ -27,6 +28,7 @@ class Webhook:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with webhook._lock:
                     webhook.received += [(time.time(), alert) for alert in body["alerts"]]
+                    webhook.notifications.append((time.time(), body))
                 self.send_response(200)
                 self.end_headers()
 
@@ -47,12 +49,12 @@ class Webhook:
         self.server.server_close()
 
 
-def alertmanager_config(webhook_url: str) -> str:
+def alertmanager_config(webhook_url: str, group_wait: str = "1s", group_interval: str = "1s") -> str:
     """prometheus/alertmanager.yml with the default receiver sending to `webhook_url`, waits cut to 1s."""
     config = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
     config["receivers"] = [{"name": "default", "webhook_configs": [{"url": webhook_url, "send_resolved": False}]}]
     for route in [config["route"], *config["route"].get("routes", [])]:
-        route.update(group_wait="1s", group_interval="1s")
+        route.update(group_wait=group_wait, group_interval=group_interval)
     return yaml.safe_dump(config)
 
 

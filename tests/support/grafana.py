@@ -74,13 +74,16 @@ def generator_module(name: str):
     return importlib.import_module(f"grafana.{name}")
 
 
-def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int) -> str:
-    """Grafana's variables for one selected run and rank "All" (`.*`), step = one scrape."""
+def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int = 1, step_seconds: int | None = None,
+               rank: str = ".*") -> str:
+    """`expr` with Grafana's variables as Grafana sets them for one selection of run_id (a value or a regex)
+    and rank ("All" is `.*`), a time range, the datasource's scrape interval and the query step."""
+    step = step_seconds or scrape_seconds
     values = {
-        "$__rate_interval": f"{4 * scrape_seconds}s",  # max(4 x timeInterval, step + timeInterval)
-        "$__interval_ms": str(1000 * scrape_seconds), "$__interval": f"{scrape_seconds}s",
+        "$__rate_interval": f"{max(4 * scrape_seconds, step + scrape_seconds)}s",  # Grafana's definition
+        "$__interval_ms": str(1000 * step), "$__interval": f"{step}s",
         "$__range_s": str(range_seconds), "$__range": f"{range_seconds}s",
-        "$run_id": run_id, "$rank": ".*",
+        "$run_id": run_id, "$rank": rank,
     }
     for name, value in values.items():  # longest names first, so $__interval never eats $__interval_ms
         expr = expr.replace(name, value)

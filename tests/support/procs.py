@@ -79,6 +79,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def consecutive_free_ports(count: int) -> int:
+    """A port P with P+1 .. P+count-1 free too (a torchrun node serves rank k on --metrics-port + LOCAL_RANK k)."""
+    for _ in range(50):
+        port, held = free_port(), []
+        try:
+            for offset in range(1, count):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value, which is returned; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -174,8 +192,9 @@ class Prometheus(Process):
     def __init__(self, workdir: Path, targets: list[str], *, scrape_interval: str = "1s",
                  rule_files: list[Path] = (), alertmanager: str | None = None,
                  evaluation_interval: str = "1s", extra_labels: dict | None = None, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):
-        """`port`: a given one (a restart on the same address); `extra_args`: more Prometheus flags."""
+                 extra_args: tuple[str, ...] = (), target_groups: list[dict] = ()):
+        """`port`: a given one (a restart on the same address); `extra_args`: more Prometheus flags;
+        `target_groups`: file_sd groups ({"targets": [...], "labels": {...}}), each with its own labels."""
         binary = require("prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -189,6 +208,9 @@ class Prometheus(Process):
                 "static_configs": [{"targets": list(targets), "labels": extra_labels or {}}],
             }],
         }
+        if target_groups:
+            (workdir / "targets.json").write_text(json.dumps(list(target_groups)))
+            config["scrape_configs"][0]["file_sd_configs"] = [{"files": [str(workdir / "targets.json")]}]
         if alertmanager:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
         config_path = workdir / "prometheus.yml"

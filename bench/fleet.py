@@ -1,0 +1,260 @@
+"""Benchmark (not a test): the monitoring stack at 64, 256 and 1,024 ranks, and a day of 1,024 ranks.
+
+Live phase, per size: simulated runs of 8..64 ranks (tests/support/fleet.py: the real exporter, one
+TrainingMonitor and HTTP server per rank, synthetic losses, no torch; one process per run) are
+discovered through file_sd groups with Kubernetes-style target labels and scraped by a real
+Prometheus running the project's rules scaled down (every window and `for:` divided by --scale,
+so a 10m plateau window lasts 10m/scale), alerting through a real Alertmanager with the project's
+routing to a webhook. One run plateaus, one goes NaN, one stalls, the rest learn. Reported: series
+per rank and in total, scrape duration p99, rule-group evaluation time, p95 latency of every
+dashboard query over the last hour, notifications per faulty run per alert, exporter CPU and memory.
+
+Day phase: 24 h x 1,024 ranks backfilled with promtool (bench/fleet_backfill.py), a Prometheus on
+those blocks evaluating the real, unscaled rules, and every dashboard query timed over 24 h and 1 h.
+
+    python bench/fleet.py                       # 64, 256 and 1,024 ranks, then the day
+    python bench/fleet.py --ranks 64 --no-day   # the quick one (about 2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from bench.fleet_backfill import RANKS_PER_RUN, backfill  # noqa: E402
+from tests.support.alerting import Webhook, alertmanager_config  # noqa: E402
+from tests.support.grafana import load_dashboards, parse_label_values, substitute, targets, variable_query, variables  # noqa: E402
+from tests.support.procs import PROMETHEUS_RULES, REPO, Alertmanager, Prometheus, wait_until  # noqa: E402
+from tests.support.rules import write_scaled_rules  # noqa: E402
+
+FAULTS = {"plateau": "NanoGPTLossPlateau", "nan": "NanoGPTLossNotFinite", "stall": "NanoGPTTrainingStalled"}
+RANKS_PER_POD = 8
+
+
+def api(prometheus: Prometheus, path: str, **params):
+    """GET /api/v1/<path> with a generous timeout (the helper's 5 s is for tests)."""
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/{path}?{query}", timeout=120) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def query(prometheus: Prometheus, expr: str, **params) -> list:
+    return api(prometheus, "query_range" if "step" in params else "query", query=expr, **params)["result"]
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))] if values else float("nan")
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds used, resident MiB) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))  # fmt: skip
+    return ticks / 100, rss / 1024
+
+
+def self_metrics(prometheus: Prometheus) -> dict[str, list]:
+    """Prometheus' own /metrics as name -> [(labels, value)]."""
+    text = urllib.request.urlopen(f"{prometheus.url}/metrics", timeout=10).read().decode()
+    out = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name].append((sample.labels, sample.value))
+    return out
+
+
+def time_queries(prometheus: Prometheus, run_id: str, range_seconds: int, scrape: int, step: int,
+                 repeats: int) -> dict[str, float]:
+    """p95 seconds of every dashboard query (and variable query) over the last `range_seconds`."""
+    end = time.time()
+    start = end - range_seconds
+    jobs = []
+    for uid, board in load_dashboards().items():
+        for title, target in targets(board):
+            expr = substitute(target["expr"], run_id, range_seconds, scrape, step)
+            jobs.append((f"{uid[8:]}/{title[:28]}/{target['refId']}", expr, target.get("instant")))
+        for name, variable in variables(board).items():
+            selector, label = parse_label_values(variable_query(variable))
+            jobs.append((f"{uid[8:]}/variable {name}", (substitute(selector, run_id, range_seconds), label), "label"))
+    timings = defaultdict(list)
+    for _ in range(repeats):  # interleaved: each round runs every query once
+        for key, expr, kind in jobs:
+            t0 = time.perf_counter()
+            if kind == "label":
+                api(prometheus, f"label/{expr[1]}/values", **{"match[]": expr[0], "start": start, "end": end})
+            elif kind:
+                query(prometheus, expr)
+            else:
+                query(prometheus, expr, start=start, end=end, step=step)
+            timings[key].append(time.perf_counter() - t0)
+    return {key: percentile(values, 95) for key, values in timings.items()}
+
+
+def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path, repeats: int) -> dict:
+    """Run the live phase for one fleet size; returns its figures."""
+    runs = ranks // ranks_per_run
+    behaviours = ["plateau", "nan", "stall"] + ["learn"] * (runs - 3)
+    window = 600 / scale
+    workers, webhook, started = [], Webhook(), []
+    try:
+        for i, behaviour in enumerate(behaviours):
+            run_id = f"fleet{ranks}-{i:02d}-{behaviour}"
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.support.fleet", "--run-id", run_id, "--ranks", str(ranks_per_run),
+                 "--behaviour", behaviour, "--window-seconds", str(window)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO))  # fmt: skip
+        groups = []
+        for worker in workers:
+            hello = json.loads(worker.stdout.readline())
+            for pod in range(0, len(hello["ports"]), RANKS_PER_POD):
+                groups.append({"targets": [f"127.0.0.1:{p}" for p in hello["ports"][pod:pod + RANKS_PER_POD]],
+                               "labels": {"namespace": "ml", "pod": f"{hello['run_id']}-{pod // RANKS_PER_POD}",
+                                          "node": f"gpu-node-{len(groups):04d}"}})  # fmt: skip
+        t_start = time.time()
+        # the project's routing; group_wait and group_interval shrunk as the rule timings are
+        alertmanager = Alertmanager(workdir / "alertmanager", alertmanager_config(webhook.url, "10s", "30s"))
+        started.append(alertmanager)
+        prometheus = Prometheus(workdir / "prometheus", [], target_groups=groups, scrape_interval=f"{scrape}s",
+                                evaluation_interval=f"{scrape}s", rule_files=write_scaled_rules(workdir / "rules", scale),
+                                alertmanager=alertmanager.address)  # fmt: skip
+        started.append(prometheus)
+        wait_until(lambda: len(query(prometheus, 'up{job="nanogpt"} == 1')) == ranks, timeout=300, interval=2,
+                   what=f"{ranks} targets up")
+        usage0 = [proc_usage(w.pid) for w in workers]
+        t0 = time.time()
+        rule_max = defaultdict(float)
+
+        def first_notifications():
+            for name, value in [(k, v) for labels, v in self_metrics(prometheus)["prometheus_rule_group_last_duration_seconds"]
+                                for k in [labels["rule_group"].rsplit(";", 1)[-1]]]:  # fmt: skip
+                rule_max[name] = max(rule_max[name], value)
+            got = {(b["groupLabels"].get("alertname"), b["groupLabels"].get("run_id")) for _, b in webhook.notifications}
+            return all((FAULTS[b], f"fleet{ranks}-{i:02d}-{b}") in got for i, b in enumerate(behaviours[:3]))
+
+        wait_until(first_notifications, timeout=600, interval=2, what="the three faulty runs' alerts")
+        settle = time.time() + 40  # > group_interval: a straggling rank's alert would be sent by then
+        while time.time() < settle:
+            first_notifications()
+            time.sleep(2)
+        t1 = time.time()
+        usage1 = [proc_usage(w.pid) for w in workers]
+        own = self_metrics(prometheus)
+        series_total = own["prometheus_tsdb_head_series"][0][1]
+        scraped = float(query(prometheus, 'avg(scrape_samples_scraped{job="nanogpt"})')[0]["value"][1])
+        recorded = float(query(prometheus, 'count({__name__=~"nanogpt:.+"})')[0]["value"][1]) / ranks
+        durations = [float(v) for s in query(prometheus, f'scrape_duration_seconds{{job="nanogpt"}}[{int(t1 - t0)}s]')
+                     for _, v in s["values"]]  # fmt: skip
+        notified = Counter((b["groupLabels"].get("alertname"), b["groupLabels"].get("run_id")) for _, b in webhook.notifications)
+        alerts_in = defaultdict(set)
+        for _, body in webhook.notifications:
+            for a in body["alerts"]:
+                alerts_in[(a["labels"]["alertname"], a["labels"]["run_id"])].add(a["labels"]["rank"])
+        queries = time_queries(prometheus, f"fleet{ranks}-00-plateau", 3600, scrape, max(scrape, 4), repeats)
+        cpu = sum(b[0] - a[0] for a, b in zip(usage0, usage1))
+        return {
+            "ranks": ranks, "runs": runs, "ranks_per_run": ranks_per_run, "scrape_s": scrape, "scale": scale,
+            "observed_s": t1 - t0, "startup_s": t0 - t_start,
+            "series_per_rank": scraped + 5 + recorded, "scraped_per_rank": scraped, "recorded_per_rank": recorded,
+            "series_total": series_total, "scrape_p99_ms": 1000 * percentile(durations, 99),
+            "scrape_p50_ms": 1000 * percentile(durations, 50), "rule_eval_max_s": dict(rule_max),
+            "notifications": {f"{a} {r}": n for (a, r), n in notified.items()},
+            "ranks_per_notification_group": {f"{a} {r}": len(v) for (a, r), v in alerts_in.items()},
+            "exporter_cpu_cores": cpu / (t1 - t0), "exporter_cpu_ms_per_rank_s": 1000 * cpu / (t1 - t0) / ranks,
+            "exporter_rss_mib": sum(u[1] for u in usage1), "exporter_rss_mib_per_rank": sum(u[1] for u in usage1) / ranks,
+            "prometheus_rss_mib": own["process_resident_memory_bytes"][0][1] / 2**20,
+            "queries_1h_p95_s": queries,
+        }
+    finally:
+        for process in reversed(started):
+            try:
+                process.stop(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.proc.kill()
+        for worker in workers:
+            worker.stdin.close()
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        webhook.close()
+
+
+def day(ranks: int, hours: float, step: int, workdir: Path, repeats: int) -> dict:
+    """Backfill a day, serve it with the real rules, time every dashboard query over 24 h and 1 h."""
+    data = workdir / "day" / "data"  # the Prometheus below keeps its TSDB there
+    data.mkdir(parents=True)
+    t0 = time.time()
+    figures = backfill(data, workdir, ranks, hours, step, end=time.time())
+    figures["backfill_s"] = time.time() - t0
+    prometheus = Prometheus(workdir / "day", [], scrape_interval="15s", evaluation_interval="15s",
+                            rule_files=sorted(PROMETHEUS_RULES.glob("*.yml")),
+                            extra_args=("--storage.tsdb.retention.time=30d",))  # fmt: skip
+    try:
+        wait_until(lambda: min(v for _, v in self_metrics(prometheus)["prometheus_rule_group_iterations_total"]) >= 3,
+                   timeout=300, interval=5, what="three rule evaluations")  # fmt: skip
+        groups = {labels["rule_group"].rsplit(";", 1)[-1]: v for labels, v in
+                  self_metrics(prometheus)["prometheus_rule_group_last_duration_seconds"]}  # fmt: skip
+        figures["rule_eval_s"] = groups
+        figures["queries_all_24h_p95_s"] = time_queries(prometheus, ".*", int(hours * 3600), step, step, repeats)
+        figures["queries_run_24h_p95_s"] = time_queries(prometheus, "fleet-000", int(hours * 3600), step, step, repeats)
+        figures["queries_all_1h_p95_s"] = time_queries(prometheus, ".*", 3600, step, step, repeats)
+    finally:
+        prometheus.stop()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", default="64,256,1024", help="fleet sizes, comma-separated")
+    parser.add_argument("--scale", type=int, default=30, help="divide the rules' windows and for: by this")
+    parser.add_argument("--scrape-interval", type=int, default=5, help="seconds (the live phase)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each dashboard query (p95 of these)")
+    parser.add_argument("--no-day", action="store_true", help="skip the 24 h backfill")
+    parser.add_argument("--day-ranks", type=int, default=1024)
+    parser.add_argument("--day-hours", type=float, default=24)
+    parser.add_argument("--day-step", type=int, default=60, help="backfill resolution, seconds")
+    args = parser.parse_args(argv)
+    results = {"live": [], "day": None}
+    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
+        for ranks in [int(r) for r in args.ranks.split(",")]:
+            per_run = min(RANKS_PER_RUN, max(8, ranks // 8))
+            print(f"live: {ranks} ranks in {ranks // per_run} runs of {per_run} ...", file=sys.stderr, flush=True)
+            try:
+                results["live"].append(live(ranks, per_run, args.scale, args.scrape_interval,
+                                            Path(tmp) / f"live{ranks}", args.repeats))  # fmt: skip
+            except Exception as e:  # the first thing that breaks is a finding: report it, go on
+                results.setdefault("broke", []).append(f"{ranks} ranks: {e!r}")
+            print(json.dumps(results["live"][-1:], default=str), file=sys.stderr, flush=True)
+        if not args.no_day:
+            print(f"day: {args.day_ranks} ranks x {args.day_hours:g} h ...", file=sys.stderr, flush=True)
+            try:
+                results["day"] = day(args.day_ranks, args.day_hours, args.day_step, Path(tmp), args.repeats)
+            except Exception as e:
+                results.setdefault("broke", []).append(f"day: {e!r}")
+    from bench.fleet_report import print_report  # noqa: E402
+
+    print_report(results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The tables bench/fleet.py prints: one column per fleet size, then the day-long figures."""
+
+from __future__ import annotations
+
+import json
+
+GOALS = "goals at 1,024 ranks: <= 150 series/rank, rule eval < 1 s, dashboard query p95 < 2 s over 24 h, 1 notification per faulty run per alert"
+
+
+def _row(name: str, values: list[str]) -> str:
+    return f"| {name} | " + " | ".join(values) + " |"
+
+
+def print_report(results: dict, args) -> None:
+    """Markdown tables of the live phase (per size) and the day phase, then the raw figures as JSON."""
+    live = results["live"]
+    if live:
+        print(f"\nLive: rules scaled down {args.scale}x, scrape and evaluation every {args.scrape_interval}s, "
+              "Kubernetes-style target labels\n")
+        print(_row("figure", [f"{r['ranks']} ranks ({r['runs']} x {r['ranks_per_run']})" for r in live]))
+        print(_row("---", ["---"] * len(live)))
+        rows = [
+            ("series per rank (scraped + 5 + recorded)", lambda r: f"{r['series_per_rank']:.0f} "
+             f"({r['scraped_per_rank']:.0f} + 5 + {r['recorded_per_rank']:.1f})"),
+            ("series in Prometheus' head", lambda r: f"{r['series_total']:,.0f}"),
+            ("scrape duration p50 / p99", lambda r: f"{r['scrape_p50_ms']:.1f} / {r['scrape_p99_ms']:.1f} ms"),
+            ("rule eval, max per group", lambda r: ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(r["rule_eval_max_s"].items()))),
+            ("dashboard query p95, last hour (worst)", lambda r: _worst(r["queries_1h_p95_s"])),
+            ("notifications per faulty run per alert", lambda r: _notifications(r)),
+            ("exporter CPU (all ranks)", lambda r: f"{r['exporter_cpu_cores']:.2f} cores, {r['exporter_cpu_ms_per_rank_s']:.2f} ms/s per rank"),
+            ("exporter RSS", lambda r: f"{r['exporter_rss_mib']:.0f} MiB ({r['exporter_rss_mib_per_rank']:.1f} MiB per rank)"),
+            ("Prometheus RSS", lambda r: f"{r['prometheus_rss_mib']:.0f} MiB"),
+        ]
+        for name, cell in rows:
+            print(_row(name, [cell(r) for r in live]))
+    day = results.get("day")
+    if day:
+        print(f"\nDay: {day['series']:,} series, {day['samples']:,} samples backfilled in {day['backfill_s']:.0f} s "
+              f"({args.day_step}s resolution); real rules\n")
+        print("| query | all runs, 24 h | one run, 24 h | all runs, 1 h |")
+        print("| --- | --- | --- | --- |")
+        for key in day["queries_all_24h_p95_s"]:
+            print(f"| {key} | {day['queries_all_24h_p95_s'][key]:.3f} s | {day['queries_run_24h_p95_s'][key]:.3f} s "
+                  f"| {day['queries_all_1h_p95_s'][key]:.3f} s |")
+        print("\nrule eval: " + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(day["rule_eval_s"].items())))
+    for failure in results.get("broke", []):
+        print(f"\nbroke: {failure}")
+    print(f"\n{GOALS}")
+    print("\nraw: " + json.dumps(results, default=str))
+
+
+def _worst(queries: dict) -> str:
+    key = max(queries, key=queries.get)
+    return f"{queries[key]:.3f} s ({key})"
+
+
+def _notifications(r: dict) -> str:
+    faulty = {k: v for k, v in r["notifications"].items() if not k.split("-")[-1] == "learn"}
+    return ", ".join(f"{k.split()[0].replace('NanoGPT', '')}: {v} ({r['ranks_per_notification_group'].get(k, 0)} ranks)"
+                     for k, v in sorted(faulty.items()))

@@ -1,0 +1,130 @@
+"""Simulated training runs for scale tests and bench/fleet.py: many ranks through the real exporter.
+
+Each rank is a real `exporter.TrainingMonitor` serving /metrics on its own ephemeral port, fed
+synthetic numbers (no torch, no model): every rank iterates once a second and logs its own loss,
+rank 0 also evaluates, as nanogpt.train does under DDP. Many ranks share one process (a run of
+8..64 ranks per process), so a 1,024-rank fleet fits on a small machine; real ranks are separate
+processes each with one server.
+
+Behaviours (time t in seconds since the run started; W = the plateau window of the rules in use):
+  learn    loss 1.2 + 3.0 exp(-t / 15W): keeps improving by more than 1 % per window for the bench's span
+  plateau  loss flat at 2.0 from the start
+  nan      learns, then logs NaN from FAULT_WINDOWS x W on
+  stall    learns, then stops iterating at FAULT_WINDOWS x W (the server stays up, state running)
+
+`python -m tests.support.fleet --run-id R --ranks N --behaviour B --window-seconds W` hosts one
+run: prints one JSON line {"run_id", "ports": [...]} once every rank serves, then steps until
+stdin closes or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+
+from exporter import TrainingMonitor
+
+BEHAVIOURS = ("learn", "plateau", "nan", "stall")
+FAULT_WINDOWS = 1.5  # the nan and stall runs go wrong after this many plateau windows
+STEP_SECONDS = 1.0  # one iteration a second on every rank
+EVAL_EVERY = 10  # rank 0 evaluates (and saves a checkpoint) every 10 iterations
+RANKS_PER_NODE = 8  # for the node label of nanogpt_run_info
+TOKENS_PER_ITERATION = 8 * 1024
+MODEL = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=False)
+PARAMETERS = {"total": 124_000_000, "token_embedding": 38_600_000, "position_embedding": 786_432,
+              "attention": 28_300_000, "mlp": 56_600_000, "layernorm": 19_200, "lm_head": 0}  # fmt: skip
+
+
+def loss_at(behaviour: str, t: float, window_seconds: float) -> float:
+    """The noiseless synthetic loss of a behaviour at t seconds into the run."""
+    if behaviour == "plateau":
+        return 2.0
+    if behaviour == "nan" and t >= FAULT_WINDOWS * window_seconds:
+        return math.nan
+    return 1.2 + 3.0 * math.exp(-t / (15 * window_seconds))
+
+
+class SimulatedRun:
+    """`ranks` monitors of one run_id in this process, each serving on 127.0.0.1, stepped by one thread."""
+
+    def __init__(self, run_id: str, ranks: int, behaviour: str, window_seconds: float, seed: int = 0):
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; expected one of {', '.join(BEHAVIOURS)}")
+        self.run_id, self.behaviour, self.window_seconds = run_id, behaviour, window_seconds
+        self.monitors = [TrainingMonitor(run_id=run_id, rank=r) for r in range(ranks)]
+        self.servers = [m.serve(host="127.0.0.1", port=0) for m in self.monitors]
+        self.ports = [s.port for s in self.servers]
+        self._random = random.Random(f"{run_id}/{seed}")
+        self._stop = threading.Event()
+        self.start_time = time.time()
+        for rank, monitor in enumerate(self.monitors):
+            monitor.run_started(max_iterations=100_000, world_size=ranks, tokens_per_iteration=TOKENS_PER_ITERATION,
+                                model_config=MODEL, parameters=PARAMETERS, dataset="openwebtext", device="cuda",
+                                dtype="bfloat16", start_time=self.start_time, node=rank // RANKS_PER_NODE)  # fmt: skip
+        self._thread = threading.Thread(target=self._loop, name=f"fleet-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        iteration = 0
+        while not self._stop.wait(max(0.0, self.start_time + (iteration + 1) * STEP_SECONDS - time.time())):
+            iteration += 1
+            now = time.time()
+            t = now - self.start_time
+            if self.behaviour == "stall" and t >= FAULT_WINDOWS * self.window_seconds:
+                continue  # hung: no iteration completes, the process and its server stay up
+            base = loss_at(self.behaviour, t, self.window_seconds)
+            for monitor in self.monitors:
+                self.step(monitor, iteration, base, now, t)
+
+    def step(self, monitor: TrainingMonitor, iteration: int, base: float, now: float, t: float) -> None:
+        """One iteration of one rank: the per-step call, the log point, rank 0's evaluation."""
+        step_seconds = STEP_SECONDS * (1 + 0.02 * self._random.random())
+        loss = base * (1 + 0.003 * self._random.gauss(0, 1))  # each rank's own micro-batch loss
+        monitor.iteration(iteration, TOKENS_PER_ITERATION, now)
+        monitor.log(iteration=iteration, loss=loss, lr=6e-4, step_seconds=step_seconds,
+                    tokens_per_second=TOKENS_PER_ITERATION / step_seconds, elapsed_seconds=t, timestamp=now,
+                    grad_norm=1.0, mfu=0.4)  # fmt: skip
+        if monitor.rank == 0 and iteration % EVAL_EVERY == 0 and math.isfinite(base):
+            monitor.evaluated(iteration=iteration, train_loss=base, val_loss=base * 1.05)
+            monitor.checkpoint_saved(iteration=iteration, path="out/ckpt.pt", seconds=0.5, timestamp=now)
+
+    def close(self) -> None:
+        """Stop stepping and serving."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for server in self.servers:
+            server.close()
+        for monitor in self.monitors:
+            monitor.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # ends the blocking stdin read in main()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Host one simulated run (see the module docstring).")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--ranks", type=int, required=True)
+    parser.add_argument("--behaviour", choices=BEHAVIOURS, default="learn")
+    parser.add_argument("--window-seconds", type=float, required=True)
+    args = parser.parse_args(argv)
+    run = SimulatedRun(args.run_id, args.ranks, args.behaviour, args.window_seconds)
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(json.dumps({"run_id": args.run_id, "ports": run.ports}), flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin (or is gone)
+    except KeyboardInterrupt:
+        pass
+    run.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
