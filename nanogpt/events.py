@@ -30,6 +30,8 @@ class RunStart:
     dtype: str
     config: dict  # the whole TrainConfig as plain values
     start_time: float  # unix seconds
+    # the module tree: nested dicts of str/int/lists (nanogpt_monitor.model_view.describe)
+    model_tree: Optional[dict] = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
 from nanogpt.device import autocast, default_peak_flops, resolve_device, resolve_dtype, synchronize
 from nanogpt.model import GPT, GPTConfig
+from nanogpt_monitor.model_view import describe
 
 __all__ = ["train", "TrainResult", "StopRequest", "get_lr", "estimate_loss"]
 
@@ -234,7 +235,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
         run_id=run_id, rank=rank, world_size=world_size, start_iteration=start_iter,
         max_iterations=cfg.max_iters, tokens_per_iteration=tokens_per_iter, model_config=dict(model_args),
         parameters=raw_model.parameter_counts(), dataset=data.name, device=str(device), dtype=dtype,
-        config=cfg.to_dict(), start_time=start_time))  # fmt: skip
+        config=cfg.to_dict(), start_time=start_time, model_tree=describe(raw_model)))  # fmt: skip
     state, reason, lossf, local_iter, checkpoint_errors, stopped = "finished", "", None, 0, 0, False
     try:
         X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)  # the very first batch
