@@ -17,17 +17,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.grafana import load_dashboards, parse_label_values, targets, variable_query, variables
+from tests.support.grafana import ALWAYS_FIRING, PANEL_DATA_READY, empty_panel_queries, load_dashboards, \
+    parse_label_values, substitute, targets, variable_query, variables
 from tests.support.procs import PROMETHEUS_RULES, Prometheus, Trainer, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
 SCRAPE_SECONDS = 1
-# A test-only alert that fires for every running trainer, so the panels that list
-# ALERTS{run_id=...} have a firing alert to show (the project's alerts need minutes).
-ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
-    "alert": "GrafanaPanelTestAlwaysFiring", "expr": 'nanogpt_training_state{state="running"} == 1',
-    "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
 # Prometheus makes these itself; the trainer cannot export them.
 PROMETHEUS_SERIES = {"ALERTS", "ALERTS_FOR_STATE", "up"}
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
@@ -48,11 +44,7 @@ def stack(tmp_path_factory):
         start = time.time()
         prometheus = Prometheus(workdir / "prometheus", [trainer.target], scrape_interval=f"{SCRAPE_SECONDS}s",
                                 rule_files=[*sorted(PROMETHEUS_RULES.glob("*.yml")), rules])
-        # Evals and checkpoints seen changing, rates and the test alert there.
-        for expr in ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
-                     "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
-                     "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
-                     "rate(nanogpt_iteration_duration_seconds_count[4s]) > 0"):
+        for expr in PANEL_DATA_READY:
             wait_until(lambda: prometheus.query(expr), timeout=90, interval=0.5, what=f"Prometheus to return {expr}")
         yield trainer, prometheus, start
     finally:
@@ -69,35 +61,9 @@ def run_id(stack) -> str:
     return value
 
 
-def substitute(expr: str, run_id: str, range_seconds: int) -> str:
-    """Grafana's variables for one selected run and rank "All" (`.*`), step = one scrape."""
-    values = {
-        "$__rate_interval": f"{4 * SCRAPE_SECONDS}s",  # max(4 x timeInterval, step + timeInterval)
-        "$__interval_ms": str(1000 * SCRAPE_SECONDS), "$__interval": f"{SCRAPE_SECONDS}s",
-        "$__range_s": str(range_seconds), "$__range": f"{range_seconds}s",
-        "$run_id": run_id, "$rank": ".*",
-    }
-    for name, value in values.items():  # longest names first, so $__interval never eats $__interval_ms
-        expr = expr.replace(name, value)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
-
-
 def test_every_panel_query_returns_series(stack, run_id):
     _, prometheus, start = stack
-    end = time.time()
-    # Step points counted back from `end` (as Grafana aligns them): the newest samples are covered.
-    start = end - SCRAPE_SECONDS * int((end - start) / SCRAPE_SECONDS)
-    failures = []
-    for uid, board in load_dashboards().items():
-        for title, target in targets(board):
-            expr = substitute(target["expr"], run_id, int(end - start) + 1)
-            if target.get("instant"):
-                result = prometheus.query(expr)
-            else:
-                result = prometheus.query_range(expr, start, end, step=SCRAPE_SECONDS)
-            if not result:
-                failures.append(f"{uid} / {title} / {target['refId']}: no series for {expr}")
+    failures = empty_panel_queries(prometheus, run_id, start, time.time(), SCRAPE_SECONDS)
     assert not failures, "\n".join(failures)
 
 
@@ -109,7 +75,7 @@ def test_variable_queries_list_the_run_and_its_rank(stack, run_id):
             selector, label = parse_label_values(variable_query(variable))
             # What Grafana's Prometheus datasource asks for label_values() over the time range.
             found[name] = prometheus.api(f"label/{label}/values", **{
-                "match[]": substitute(selector, run_id, 3600), "start": start, "end": time.time()})
+                "match[]": substitute(selector, run_id, 3600, SCRAPE_SECONDS), "start": start, "end": time.time()})
         assert found == {"run_id": [run_id], "rank": ["0"]}
 
 

@@ -55,3 +55,50 @@ def parse_label_values(text: str) -> tuple[str | None, str]:
     if not m:
         raise ValueError(f"not a label_values() query: {text}")
     return m.group("match"), m.group("label")
+
+
+# A test-only alert that fires for every running process, so the panels that list
+# ALERTS{run_id=...} have a firing alert to show (the project's alerts need minutes).
+ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
+    "alert": "GrafanaPanelTestAlwaysFiring", "expr": 'nanogpt_training_state{state="running"} == 1',
+    "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
+
+# What Prometheus must have seen before every panel can show something: evaluations and
+# checkpoints changing, the recorded ETA, the test alert and a step-time rate.
+PANEL_DATA_READY = ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
+                    "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
+                    "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
+                    "rate(nanogpt_iteration_duration_seconds_count[4s]) > 0")
+
+
+def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int) -> str:
+    """Grafana's variables for one selected run and rank "All" (`.*`), step = one scrape."""
+    values = {
+        "$__rate_interval": f"{4 * scrape_seconds}s",  # max(4 x timeInterval, step + timeInterval)
+        "$__interval_ms": str(1000 * scrape_seconds), "$__interval": f"{scrape_seconds}s",
+        "$__range_s": str(range_seconds), "$__range": f"{range_seconds}s",
+        "$run_id": run_id, "$rank": ".*",
+    }
+    for name, value in values.items():  # longest names first, so $__interval never eats $__interval_ms
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
+    return expr
+
+
+def empty_panel_queries(prometheus, run_id: str, start: float, end: float, scrape_seconds: int) -> list[str]:
+    """Every panel target of both dashboards run for `run_id` over [start, end] on a real
+    Prometheus (tests.support.procs.Prometheus): instant targets at `end`, the others as range
+    queries. Returns one line per target that came back without a series."""
+    # Step points counted back from `end` (as Grafana aligns them): the newest samples are covered.
+    start = end - scrape_seconds * int((end - start) / scrape_seconds)
+    failures = []
+    for uid, board in load_dashboards().items():
+        for title, target in targets(board):
+            expr = substitute(target["expr"], run_id, int(end - start) + 1, scrape_seconds)
+            if target.get("instant"):
+                result = prometheus.query(expr)
+            else:
+                result = prometheus.query_range(expr, start, end, step=scrape_seconds)
+            if not result:
+                failures.append(f"{uid} / {title} / {target['refId']}: no series for {expr}")
+    return failures

@@ -1,0 +1,66 @@
+"""The runnable examples (plain PyTorch, Hugging Face Trainer, Lightning) feed the same stack.
+
+Each example trains for real (tiny model, CPU) with `--lr-zero-after`, so its loss
+stops improving early. Two real Prometheus servers scrape it every second: one
+loads the project's rules as they ship (and a test alert that always fires), and
+every panel query of both dashboards must return data for the example's run_id;
+the other loads the rules scaled down 60x (tests/support/rules.py), in which
+NanoGPTLossPlateau must fire for that run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.support.alerting import SCALE
+from tests.support.examples import EXAMPLES, Example
+from tests.support.grafana import ALWAYS_FIRING, PANEL_DATA_READY, empty_panel_queries
+from tests.support.procs import PROMETHEUS_RULES, Prometheus, free_port, wait_until
+from tests.support.rules import write_scaled_rules
+
+pytestmark = pytest.mark.slow
+
+SCRAPE_SECONDS = 1
+# Long enough to stay running while the queries run; stopped at the end. Logged every step so
+# the scaled plateau windows (10 s) hold enough points; evals and saves every 10 steps.
+RUN = ["--max-steps=100000", "--log-every=1", "--eval-every=10", "--save-every=10", "--lr-zero-after=20"]
+
+
+@pytest.fixture(scope="module", params=EXAMPLES)
+def watched(request, tmp_path_factory):
+    """(run_id, example, prometheus with the shipped rules, prometheus with scaled rules, start time)."""
+    name = request.param
+    workdir = tmp_path_factory.mktemp(name)
+    (workdir / "always-firing.yml").write_text(yaml.safe_dump(ALWAYS_FIRING))
+    port, run_id, started = free_port(), f"example-{name.replace('_', '-')}", []
+    try:
+        started.append(shipped := Prometheus(
+            workdir / "prometheus", [f"127.0.0.1:{port}"], scrape_interval=f"{SCRAPE_SECONDS}s",
+            rule_files=[*sorted(PROMETHEUS_RULES.glob("*.yml")), workdir / "always-firing.yml"]))
+        started.append(scaled := Prometheus(workdir / "prometheus-scaled", [f"127.0.0.1:{port}"],
+                                            rule_files=write_scaled_rules(workdir / "rules", SCALE)))
+        start = time.time()
+        started.append(example := Example(workdir, name, f"--metrics-port={port}", f"--run-id={run_id}", *RUN))
+        yield run_id, example, shipped, scaled, start
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def test_every_dashboard_query_returns_data_for_the_example_s_run(watched):
+    run_id, example, prometheus, _, start = watched
+    for expr in PANEL_DATA_READY:
+        wait_until(lambda: prometheus.query(expr), timeout=120, interval=0.5, what=f"Prometheus to return {expr}")
+    assert example.running()
+    failures = empty_panel_queries(prometheus, run_id, start, time.time(), SCRAPE_SECONDS)
+    assert not failures, "\n".join(failures)
+
+
+def test_a_zeroed_learning_rate_fires_the_loss_plateau_alert(watched):
+    run_id, example, _, scaled, _ = watched
+    firing = f'ALERTS{{alertname="NanoGPTLossPlateau", alertstate="firing", run_id="{run_id}"}}'
+    wait_until(lambda: scaled.query(firing), timeout=150, interval=1, what=f"NanoGPTLossPlateau for {run_id}")
+    assert example.running()
