@@ -29,7 +29,7 @@ STATES = ("starting", "running", "finished", "failed")
 PARAMETER_COMPONENTS = ("total",)
 NANOGPT_COMPONENTS = ("token_embedding", "position_embedding", "attention", "mlp", "layernorm", "lm_head")
 
-# nanogpt_logged_scalar{name=...}: distinct names kept, so user-chosen labels stay bounded.
+# nanogpt_logged_scalar{key=...}: distinct names kept, so user-chosen labels stay bounded.
 MAX_LOGGED_SCALARS = 64
 
 # SPEC: nanogpt_model_config{field=...}; other numeric fields the trainer sends are added when seen.
@@ -115,8 +115,8 @@ METRICS: tuple[Metric, ...] = (
            "Model configuration value per field (n_layer, n_head, n_embd, block_size, vocab_size, dropout).",
            label="field", values=CONFIG_FIELDS),
     Metric("logged_scalar", "nanogpt_logged_scalar", "gauge",
-           "Last value of another scalar the training code logged, by name (Lightning's self.log, Hugging Face "
-           f"Trainer log entries); at most {MAX_LOGGED_SCALARS} names.", label="name"),
+           "Last value of another scalar the training code logged, by its key (Lightning's self.log, Hugging Face "
+           f"Trainer log entries); at most {MAX_LOGGED_SCALARS} names.", label="key"),
     Metric("run_info", "nanogpt_run", "info",
            "The run: dataset, device, dtype, world size and nanogpt-monitor version.", values=INFO_KEYS),
     Metric("exporter_errors", "nanogpt_exporter_errors", "counter",

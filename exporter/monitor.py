@@ -181,7 +181,7 @@ class TrainingMonitor:
         """At a log interval: loss and rates the loop already has on the host (loss may be nan/inf).
 
         `scalars`: other values the training code logged (name -> number, e.g. Lightning's
-        self.log), each exported as nanogpt_logged_scalar{name=...} and listed in /api/status."""
+        self.log), each exported as nanogpt_logged_scalar{key=...} and listed in /api/status."""
         m, loss = self.metrics, float(loss)
         timestamp = time.time() if timestamp is None else float(timestamp)
         if elapsed_seconds is None and self._status["start_time"] is not None:

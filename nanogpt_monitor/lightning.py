@@ -11,7 +11,7 @@ completed optimizer step counts an iteration and the batch's tokens (from its
 shape); every `log_every_n_steps` (the Trainer's by default) the mean
 training_step loss since the last log point, the first optimizer's learning
 rate, the grad norm before clipping, and everything the module `self.log`s
-(as nanogpt_logged_scalar{name}) go to the monitor. A logged `val_loss` (or
+(as nanogpt_logged_scalar{key}) go to the monitor. A logged `val_loss` (or
 `val/loss`) is the eval loss. Checkpoints, on_exception (failed) and
 on_train_end (finished) report the end. Device values are read (.item(),
 a sync) only at log points, as Lightning's own loggers do.

@@ -71,7 +71,7 @@ def test_logged_loss_lr_and_grad_norm_are_the_trainer_s(trained):
     assert value(callback, "nanogpt_learning_rate") == pytest.approx(last["learning_rate"])
     assert value(callback, "nanogpt_grad_norm") == pytest.approx(last["grad_norm"])
     assert value(callback, "nanogpt_logged_loss_count") == STEPS / 2
-    assert value(callback, "nanogpt_logged_scalar", name="epoch") == pytest.approx(last["epoch"])
+    assert value(callback, "nanogpt_logged_scalar", key="epoch") == pytest.approx(last["epoch"])
 
 
 def test_tokens_per_second_is_logged(trained):

@@ -78,7 +78,7 @@ def test_loss_lr_and_grad_norm_arrive_without_any_self_log(fitted):
 
 
 def test_what_the_module_logs_is_exported_too(fitted):
-    assert value(fitted[0], "nanogpt_logged_scalar", name="seen") == STEPS - 1
+    assert value(fitted[0], "nanogpt_logged_scalar", key="seen") == STEPS - 1
 
 
 def test_a_logged_val_loss_is_the_eval_loss(fitted):
