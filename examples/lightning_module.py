@@ -12,6 +12,7 @@ from the callback alone; the one line that matters is
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning.pytorch as L
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
     val = torch.utils.data.DataLoader(Windows(val_data, args.block_size, 2 * args.batch_size, seed=None),
                                       batch_size=args.batch_size)
     trainer = L.Trainer(
-        max_steps=args.max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+        max_steps=args.max_steps, accelerator="cpu", logger=False,
+        devices=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),  # under torchrun: one process per rank enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=args.log_every, val_check_interval=args.eval_every,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, gradient_clip_val=1.0, default_root_dir=args.out_dir,
         callbacks=[MonitorCallback(run_id=args.run_id, host=args.metrics_host, port=args.metrics_port,

@@ -1,29 +1,15 @@
 """End to end: torchrun with 2 CPU ranks (gloo) gives Prometheus two targets, rank 0 and rank 1."""
 
 import math
-import socket
 import sys
 
 import pytest
 
-from tests.support.procs import Prometheus, Trainer, free_port, wait_until
+from tests.support.procs import Prometheus, Trainer, two_free_ports, wait_until
 
 pytestmark = pytest.mark.slow
 
 RUN_ID = "e2e-ddp"
-
-
-def two_free_ports() -> int:
-    """A port P with P+1 free too (rank r serves on --metrics-port + LOCAL_RANK)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise AssertionError("no two consecutive free ports on 127.0.0.1")
 
 
 @pytest.fixture(scope="module")

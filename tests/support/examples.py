@@ -20,13 +20,15 @@ EXAMPLES = ("plain_pytorch", "hf_trainer", "lightning_module")
 class Example(ServesMetrics):
     """`python examples/<name>.py --out-dir=... args...`, waiting for its metrics URL."""
 
-    def __init__(self, workdir: Path, name: str, *args: str, wait_for_metrics: bool = True):
+    def __init__(self, workdir: Path, name: str, *args: str, wait_for_metrics: bool = True,
+                 launcher: tuple[str, ...] = (sys.executable,)):
+        """`launcher`: what runs the script, e.g. torchrun's command line for several ranks."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.what = f"examples/{name}.py"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [
                    str(REPO), os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, str(REPO / "examples" / f"{name}.py"), f"--out-dir={workdir / 'out'}", *args]
+        command = [*launcher, str(REPO / "examples" / f"{name}.py"), f"--out-dir={workdir / 'out'}", *args]
         super().__init__(command, workdir / f"{name}-{time.monotonic_ns()}.log", env=env, cwd=REPO)
         if wait_for_metrics:
             self.wait_for_metrics(timeout=120)  # importing transformers or lightning takes a while

@@ -61,6 +61,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_free_ports() -> int:
+    """A port P with P+1 free too (rank r serves on --metrics-port + LOCAL_RANK)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no two consecutive free ports on 127.0.0.1")
+
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value, which is returned; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
