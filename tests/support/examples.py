@@ -31,4 +31,8 @@ class Example(ServesMetrics):
         command = [*launcher, str(REPO / "examples" / f"{name}.py"), f"--out-dir={workdir / 'out'}", *args]
         super().__init__(command, workdir / f"{name}-{time.monotonic_ns()}.log", env=env, cwd=REPO)
         if wait_for_metrics:
-            self.wait_for_metrics(timeout=120)  # importing transformers or lightning takes a while
+            try:
+                self.wait_for_metrics(timeout=120)  # importing transformers or lightning takes a while
+            except BaseException:
+                self.stop()  # the caller never got the process to stop it
+                raise
