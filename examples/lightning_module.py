@@ -50,7 +50,8 @@ def main(argv=None) -> int:
                                       batch_size=args.batch_size)
     trainer = L.Trainer(
         max_steps=args.max_steps, accelerator="cpu", logger=False,
-        devices=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),  # under torchrun: one process per rank enable_progress_bar=False,
+        enable_progress_bar=False,
+        devices=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),  # under torchrun: one process per rank
         enable_model_summary=False, log_every_n_steps=args.log_every, val_check_interval=args.eval_every,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, gradient_clip_val=1.0, default_root_dir=args.out_dir,
         callbacks=[MonitorCallback(run_id=args.run_id, host=args.metrics_host, port=args.metrics_port,

@@ -218,7 +218,8 @@ def _node_label(node: dict) -> str:
         if _finite(node.get("kv_heads")):
             text += f", {int(node['kv_heads'])} kv heads"
         ticks = "<i></i>" * min(int(heads), MAX_HEAD_TICKS)
-        parts.append(f'<span class="mheads">{html.escape(text)} <span class="ticks" aria-hidden="true">{ticks}</span></span>')
+        parts.append(f'<span class="mheads">{html.escape(text)} '
+                     f'<span class="ticks" aria-hidden="true">{ticks}</span></span>')
     tied = node.get("tied") or {}
     shapes = [f"{html.escape(str(p))} {html.escape(_shape(shape))}"
               + (f" (tied to {html.escape(str(tied[p]))})" if p in tied else "")

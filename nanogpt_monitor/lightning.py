@@ -87,7 +87,7 @@ def _callback_class():
 
         @guarded_hook
         def on_train_start(self, trainer, pl_module):
-            total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+            total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches  # -1: unset
             self._step = trainer.global_step
             self.run.start(max_iterations=int(total) if total != float("inf") else 0, model=pl_module,
                            start_iteration=trainer.global_step, dataset=self.dataset, device=str(pl_module.device),

@@ -83,7 +83,8 @@ def test_what_the_module_logs_is_exported_too(fitted):
 
 def test_a_logged_val_loss_is_the_eval_loss(fitted):
     callback, trainer = fitted
-    assert value(callback, "nanogpt_eval_loss", split="val") == pytest.approx(float(trainer.callback_metrics["val_loss"]))
+    logged = float(trainer.callback_metrics["val_loss"])
+    assert value(callback, "nanogpt_eval_loss", split="val") == pytest.approx(logged)
 
 
 def test_checkpoints_and_the_end_are_reported(fitted):
