@@ -18,6 +18,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY nanogpt ./nanogpt
 COPY exporter ./exporter
+COPY nanogpt_monitor ./nanogpt_monitor
 RUN pip install .
 
 # Checkpoints (and the tokenised corpus cache) live in /out, a volume in compose.
