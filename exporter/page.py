@@ -207,8 +207,8 @@ def _shape(shape: Any) -> str:
 def _node_label(node: dict) -> str:
     """The row of one module: name, type, parameters, and what its kind adds (heads, shapes, parts)."""
     name = str(node.get("name") or "")
-    short = ".".join(name.split(".")[-2:]) if name[-1:].isdigit() else name.rsplit(".", 1)[-1]  # h.0, not 0
-    short = short or "model"
+    segments = name.split(".") if name else ["model"]
+    short = ".".join(segments[-2:]) if segments[-1].isdigit() else segments[-1]  # a layer: h.0, not 0
     parts = [f'<span class="mname">{html.escape(short)}</span>',
              f'<span class="mtype">{html.escape(str(node.get("type", "")))}</span>',
              f'<span class="mcount">{html.escape(fmt_int(node.get("parameters")))} params</span>']
