@@ -84,3 +84,9 @@ def test_the_summary_names_the_model_and_what_its_config_says():
     assert model_summary({"n_layer": 2, "n_head": 4}, {"type": "GPT2LMHeadModel"}) == \
         "GPT2LMHeadModel \u00b7 2 layers \u00b7 4 heads"
     assert model_summary({}, None) == "The model is described once training starts."
+
+
+def test_a_layer_is_named_with_its_list_and_a_part_by_its_own_name(nanogpt_tree):
+    html = page_of(model_tree=nanogpt_tree)
+    assert '<span class="mname">h.0</span>' in item(html, "module-transformer-h-0")
+    assert '<span class="mname">ln_1</span>' in item(html, "module-transformer-h-0-ln_1")
