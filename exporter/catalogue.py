@@ -24,10 +24,14 @@ LABELS = ("run_id", "rank")
 # SPEC: nanogpt_training_state{state=...}; the first state is the initial one.
 STATES = ("starting", "running", "finished", "failed")
 
-# SPEC: nanogpt_model_parameters{component=...}; tied weights are counted once.
-PARAMETER_COMPONENTS = (
-    "total", "token_embedding", "position_embedding", "attention", "mlp", "layernorm", "lm_head",
-)
+# SPEC: nanogpt_model_parameters{component=...}; tied weights are counted once. Only "total" exists
+# from the first scrape: the run adds its components when it starts, nanoGPT's trainer these
+# (GPT.parameter_counts), any other model its top-level module paths (nanogpt_monitor.model_view).
+PARAMETER_COMPONENTS = ("total",)
+NANOGPT_COMPONENTS = ("token_embedding", "position_embedding", "attention", "mlp", "layernorm", "lm_head")
+
+# nanogpt_logged_scalar{key=...}: distinct names kept, so user-chosen labels stay bounded.
+MAX_LOGGED_SCALARS = 64
 
 # SPEC: nanogpt_model_config{field=...}; other numeric fields the trainer sends are added when seen.
 CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
@@ -127,11 +131,15 @@ METRICS: tuple[Metric, ...] = (
            "Training state: 1 for the current state (starting, running, finished, failed), else 0.",
            label="state", values=STATES, initial=None),
     Metric("parameters", "nanogpt_model_parameters", "gauge",
-           "Model parameter count per component (tied weights counted once; total is their sum).",
+           "Model parameter count per component (tied weights counted once; total is their sum): nanoGPT's "
+           + ", ".join(NANOGPT_COMPONENTS) + "; another model's top-level modules (e.g. transformer.h, lm_head).",
            label="component", values=PARAMETER_COMPONENTS),
     Metric("model_config", "nanogpt_model_config", "gauge",
            "Model configuration value per field (n_layer, n_head, n_embd, block_size, vocab_size, dropout).",
            label="field", values=CONFIG_FIELDS),
+    Metric("logged_scalar", "nanogpt_logged_scalar", "gauge",
+           "Last value of another scalar the training code logged, by its key (Lightning's self.log, Hugging Face "
+           f"Trainer log entries); at most {MAX_LOGGED_SCALARS} names.", label="key"),
     Metric("run_info", "nanogpt_run", "info",
            "The run: dataset, device, dtype, world size, node rank and nanogpt-monitor version.", values=INFO_KEYS),
     Metric("exporter_errors", "nanogpt_exporter_errors", "counter",
@@ -179,7 +187,7 @@ def markdown_table() -> str:
     rows = ["| metric | type | labels besides run_id, rank | meaning |", "| --- | --- | --- | --- |"]
     for m in METRICS:
         name = m.exposed[0] if m.kind in ("counter", "info") else m.name
-        labels = f"`{m.label}`: {', '.join(m.values)}" if m.label else ""
+        labels = f"`{m.label}`: {', '.join(m.values)}" if m.values else f"`{m.label}`" if m.label else ""
         if m.kind == "info":
             labels = ", ".join(m.values)
         if m.kind == "histogram":

@@ -2,7 +2,9 @@
 
 Any PyTorch loop can use it (not only nanogpt): call `run_started` once,
 `iteration` after every optimizer step, `log` at log intervals with numbers
-already on the host, `evaluated` after an eval, `run_ended` at the end. Every
+already on the host, `evaluated` after an eval, `run_ended` at the end. The
+model arrives as plain data: a module tree built on the torch side
+(`nanogpt_monitor.model_view.describe`), served as is by /api/model. Every
 public method is guarded: an exception inside it is logged once per site,
 counted in nanogpt_exporter_errors_total and swallowed, so the exporter can
 never break training. It does no I/O on `iteration` (the per-step call) and
@@ -25,19 +27,16 @@ from typing import Any, Iterator, Optional
 
 from prometheus_client import CollectorRegistry
 
-from . import architecture
 from .history import History, Point, csv_lines
 from .metricslog import MetricsLog
 from .devices import device_status
-from .catalogue import INFO_KEYS
+from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
 from .metrics import TrainingMetrics, create_metrics
 from .server import MetricsServer
 from .status import snapshot
+from .trend import DebiasedEma
 
 log = logging.getLogger(__name__)
-
-EMA_BETA = 0.9  # TensorBoard's default smoothing weight
-
 
 def _installed_version() -> str:
     """The installed nanogpt-monitor's version (its one source: nanogpt/__init__.py, via pyproject.toml)."""
@@ -65,24 +64,7 @@ def _guarded(method):
 
 
 def _number(value: Any) -> Optional[float]:
-    """float(value), or None for None (TypeError/ValueError for anything else not numeric)."""
-    return None if value is None else float(value)
-
-
-class DebiasedEma:
-    """TensorBoard-style smoothing: an EMA divided by (1 - beta^n) so early values are not biased to 0."""
-
-    def __init__(self, beta: float = EMA_BETA):
-        self.beta, self._value, self._count = beta, 0.0, 0
-
-    def update(self, x: float) -> float:
-        self._value = self.beta * self._value + (1 - self.beta) * x
-        self._count += 1
-        return self.value
-
-    @property
-    def value(self) -> Optional[float]:
-        return self._value / (1 - self.beta ** self._count) if self._count else None
+    return None if value is None else float(value)  # TypeError/ValueError for anything else not numeric
 
 
 class TrainingMonitor:
@@ -111,6 +93,8 @@ class TrainingMonitor:
         self._model_config: dict = {}
         self._parameters: dict = {}
         self._device_collectors: list = []
+        self._model_tree: Optional[dict] = None
+        self._scalars: dict[str, float] = {}
 
     # --- events from the training loop ---------------------------------------------------------
 
@@ -119,8 +103,12 @@ class TrainingMonitor:
                     tokens_per_iteration: Optional[int] = None, model_config: Optional[dict] = None,
                     parameters: Optional[dict] = None, dataset: str = "", device: str = "", dtype: str = "",
                     config: Optional[dict] = None, start_time: Optional[float] = None,
-                    run_id: Optional[str] = None, rank: Optional[int] = None, node: int = 0) -> None:
-        """Once before the first iteration (after a resume too): the run's shape and the model."""
+                    run_id: Optional[str] = None, rank: Optional[int] = None, node: int = 0,
+                    model_tree: Optional[dict] = None) -> None:
+        """Once before the first iteration (after a resume too): the run's shape and the model.
+
+        `parameters` maps component -> count ("total" among them); `model_tree` is the module tree
+        of nanogpt_monitor.model_view.describe (plain dicts), shown on the page and in /api/model."""
         if (run_id is not None and str(run_id) != self.run_id) or (rank is not None and int(rank) != self.rank):
             self.report_error("run_started", ValueError(
                 f"run_started for run {run_id} rank {rank} reached the monitor of run {self.run_id} rank {self.rank}"))
@@ -130,6 +118,7 @@ class TrainingMonitor:
         m.start_time.set(start_time)
         m.last_iteration_timestamp.set(start_time)  # so "no iteration for minutes" counts from the start
         self._model_config, self._parameters = dict(model_config or {}), dict(parameters or {})
+        self._model_tree = model_tree if isinstance(model_tree, dict) else None
         for field, value in self._model_config.items():
             if isinstance(value, (bool, int, float)):
                 m.set_config_field(field, float(value))
@@ -182,8 +171,11 @@ class TrainingMonitor:
     def log(self, iteration: int, loss: float, lr: Optional[float] = None, step_seconds: Optional[float] = None,
             tokens_per_second: Optional[float] = None, grad_norm: Optional[float] = None,
             mfu: Optional[float] = None, elapsed_seconds: Optional[float] = None,
-            timestamp: Optional[float] = None) -> None:
-        """At a log interval: loss and rates the loop already has on the host (loss may be nan/inf)."""
+            timestamp: Optional[float] = None, scalars: Optional[dict] = None) -> None:
+        """At a log interval: loss and rates the loop already has on the host (loss may be nan/inf).
+
+        `scalars`: other values the training code logged (name -> number, e.g. Lightning's
+        self.log), each exported as nanogpt_logged_scalar{key=...} and listed in /api/status."""
         m, loss = self.metrics, float(loss)
         timestamp = time.time() if timestamp is None else float(timestamp)
         if elapsed_seconds is None and self._status["start_time"] is not None:
@@ -199,6 +191,8 @@ class TrainingMonitor:
         for gauge, value in ((m.learning_rate, point.lr), (m.grad_norm, point.grad_norm), (m.mfu, point.mfu)):
             if value is not None:
                 gauge.set(value)
+        if scalars:
+            self._set_scalars(scalars)
         pending, self._pending_eval = self._pending_eval, None
         eval_values = {}
         if pending is not None and pending[0] == point.iteration:
@@ -209,16 +203,32 @@ class TrainingMonitor:
             self.metrics_log.append(point)
         self._notify(status=False)
 
+    def _set_scalars(self, scalars: dict) -> None:
+        for name, value in scalars.items():
+            name = str(name)
+            if name not in self._scalars and len(self._scalars) >= MAX_LOGGED_SCALARS:
+                raise ValueError(f"more than {MAX_LOGGED_SCALARS} logged value names; {name!r} is not exported")
+            self._scalars[name] = float(value)
+            self.metrics.logged_scalar[name].set(float(value))
+
     @_guarded
-    def evaluated(self, iteration: int, train_loss: float, val_loss: float, best_val_loss: Optional[float] = None,
-                  eval_seconds: Optional[float] = None, timestamp: Optional[float] = None) -> None:
-        """After an evaluation. Its losses join the history point logged at the same iteration."""
-        m, train_loss, val_loss = self.metrics, float(train_loss), float(val_loss)
-        m.eval_loss["train"].set(train_loss)
-        m.eval_loss["val"].set(val_loss)
+    def evaluated(self, iteration: int, train_loss: Optional[float] = None, val_loss: Optional[float] = None,
+                  best_val_loss: Optional[float] = None, eval_seconds: Optional[float] = None,
+                  timestamp: Optional[float] = None) -> None:
+        """After an evaluation. Its losses join the history point logged at the same iteration.
+
+        Either loss may be None: a framework that evaluates only the validation split (Hugging
+        Face's Trainer) leaves the train split's figure as it was."""
+        m, train_loss, val_loss = self.metrics, _number(train_loss), _number(val_loss)
+        if train_loss is not None:
+            m.eval_loss["train"].set(train_loss)
+        if val_loss is not None:
+            m.eval_loss["val"].set(val_loss)
         if eval_seconds is not None:
             m.eval_duration.set(float(eval_seconds))
-        self._update_status(eval_train_loss=train_loss, val_loss=val_loss, best_val_loss=_number(best_val_loss))
+        known = {key: value for key, value in (("eval_train_loss", train_loss), ("val_loss", val_loss),
+                                               ("best_val_loss", _number(best_val_loss))) if value is not None}
+        self._update_status(**known)
         amended = self.history.amend_last(int(iteration), eval_train_loss=train_loss, val_loss=val_loss)
         if amended is None:  # the usual order: eval first, then the log point of that iteration
             self._pending_eval = (int(iteration), train_loss, val_loss)
@@ -320,16 +330,12 @@ class TrainingMonitor:
         answer = snapshot(self.run_id, self.rank, fields, self.history.since(None), self._ema.value,
                           time.time() if now is None else now)
         answer["gpus"] = device_status(self._device_collectors)
+        answer["scalars"] = dict(self._scalars)
         return answer
 
     def model(self) -> dict:
-        """The /api/model answer: model config, parameter counts and the layer list."""
-        try:
-            layers = architecture.layers(self._model_config)
-        except (KeyError, TypeError, ValueError) as e:
-            self.report_error("model", e)
-            layers = []
-        return {"model_config": self._model_config, "parameters": self._parameters, "layers": layers}
+        """The /api/model answer: model config, parameter counts and the module tree (None until known)."""
+        return {"model_config": self._model_config, "parameters": self._parameters, "tree": self._model_tree}
 
     def csv_lines(self) -> Iterator[str]:
         """The whole logged history as CSV lines: from the metrics log when there is one (complete

@@ -9,7 +9,10 @@ fixed and the Content-Security-Policy allows exactly them and nothing else
 inline: no CDN, no eval, no other origin.
 
 The formatters below mirror the script's (fmtLoss, fmtRate, ...) so a figure
-reads the same before and after the script updates it.
+reads the same before and after the script updates it. The model's module tree
+(nanogpt_monitor.model_view's plain dicts) is drawn here only, as nested
+<details>: collapsible and keyboard reachable without any script; a page
+served before the model was known takes the tree from a fresh copy of itself.
 
 Deliberately not here: routing (exporter.server) and computing the figures
 (TrainingMonitor.status and .model).
@@ -72,7 +75,12 @@ def load_template() -> PageTemplate:
 def render(monitor) -> tuple[bytes, dict[str, str]]:
     """The page for the monitor's current state: (UTF-8 HTML, response headers)."""
     template = load_template()
-    values = page_values(monitor.status() or {}, monitor.model())
+    status, model = monitor.status() or {}, monitor.model()
+    try:
+        values = page_values(status, model)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a malformed tree from the loop
+        monitor.report_error("page", e)
+        values = page_values(status, {**model, "tree": None})
 
     def fill(match: re.Match) -> str:
         value = values[match.group(1)]  # a KeyError here is a typo in index.html: tests catch it
@@ -120,8 +128,9 @@ def page_values(status: dict, model: dict) -> dict[str, str]:
         "fig_lr": f"{get('lr'):.2e}" if _finite(get("lr")) else DASH,
         "fig_elapsed": fmt_duration(get("elapsed_seconds")),
         **gpu_figures(status),
-        "model_summary": model_summary(model.get("model_config") or {}),
+        "model_summary": model_summary(model.get("model_config") or {}, model.get("tree")),
         "parameter_items": parameter_items(model.get("parameters") or {}),
+        "model_tree": model_tree(model.get("tree")),
     }
 
 
@@ -187,13 +196,14 @@ def gpu_figures(status: dict) -> dict[str, str]:
             "fig_gpu_utilization": f"{utilization * 100:.0f} %" if _finite(utilization) else DASH}
 
 
-def model_summary(config: dict) -> str:
-    if not config:
-        return "The model is described once training starts."
-    parts = [f"{config.get(key, '?')} {label}" for key, label in
+def model_summary(config: dict, tree: Optional[dict] = None) -> str:
+    """One line: the model's type and its nanoGPT-style shape, as far as they are known."""
+    parts = [f"{config[key]} {label}" for key, label in
              (("n_layer", "layers"), ("n_head", "heads"), ("n_embd", "embedding dims"),
-              ("block_size", "context"), ("vocab_size", "vocab"))]
-    return " \u00b7 ".join(parts)
+              ("block_size", "context"), ("vocab_size", "vocab")) if key in config]
+    if isinstance(tree, dict) and tree.get("type"):
+        parts.insert(0, str(tree["type"]))
+    return " \u00b7 ".join(parts) if parts else "The model is described once training starts."
 
 
 def parameter_items(parameters: dict) -> _Html:
@@ -202,3 +212,72 @@ def parameter_items(parameters: dict) -> _Html:
     return _Html("".join(
         f"<li>{html.escape(str(name).replace('_', ' '))}: {html.escape(fmt_int(count))}</li>"
         for name, count in ordered))
+
+
+MAX_HEAD_TICKS = 64  # one tick per attention head, up to this many
+
+
+def _shape(shape: Any) -> str:
+    return " \u00d7 ".join(str(int(d)) for d in shape) if shape else "scalar"
+
+
+def _node_label(node: dict) -> str:
+    """The row of one module: name, type, parameters, and what its kind adds (heads, shapes, parts)."""
+    name = str(node.get("name") or "")
+    segments = name.split(".") if name else ["model"]
+    short = ".".join(segments[-2:]) if segments[-1].isdigit() else segments[-1]  # a layer: h.0, not 0
+    parts = [f'<span class="mname">{html.escape(short)}</span>',
+             f'<span class="mtype">{html.escape(str(node.get("type", "")))}</span>',
+             f'<span class="mcount">{html.escape(fmt_int(node.get("parameters")))} params</span>']
+    heads = node.get("heads")
+    if _finite(heads):
+        text = f"{int(heads)} heads" + (f" \u00d7 {int(node['head_size'])}" if _finite(node.get("head_size")) else "")
+        if _finite(node.get("kv_heads")):
+            text += f", {int(node['kv_heads'])} kv heads"
+        ticks = "<i></i>" * min(int(heads), MAX_HEAD_TICKS)
+        parts.append(f'<span class="mheads">{html.escape(text)} '
+                     f'<span class="ticks" aria-hidden="true">{ticks}</span></span>')
+    tied = node.get("tied") or {}
+    shapes = [f"{html.escape(str(p))} {html.escape(_shape(shape))}"
+              + (f" (tied to {html.escape(str(tied[p]))})" if p in tied else "")
+              for p, shape in (node.get("shapes") or {}).items()]
+    if shapes:
+        parts.append(f'<span class="mshape">{", ".join(shapes)}</span>')
+    if node.get("kind") == "block" and node.get("children"):  # a layer at a glance, even when closed
+        kinds = [str(c.get("kind", "")) for c in node["children"] if c.get("parameters") or c.get("heads")]
+        parts.append("".join(f'<span class="chip">{html.escape(k)}</span>' for k in kinds))
+    return " ".join(parts)
+
+
+def _tree_items(node: dict, depth: int, first_in_list: bool) -> str:
+    testid = "module-" + (str(node.get("name")).replace(".", "-") if node.get("name") else "root")
+    label = _node_label(node)
+    children = node.get("children") or []
+    omitted = node.get("omitted")
+    more = (f'<li class="muted">{html.escape(fmt_int(omitted))} more modules not shown</li>'
+            if _finite(omitted) else "")
+    if not children and not more:
+        return f'<li data-testid="{html.escape(testid)}" data-kind="{html.escape(str(node.get("kind", "")))}">' \
+               f'<span class="leaf">{label}</span></li>'
+    # open: the top levels, and the first layer of a list (the others look the same)
+    is_open = " open" if depth <= 2 or first_in_list else ""
+    is_list = node.get("kind") == "list"
+    inner = "".join(_tree_items(c, depth + 1, is_list and i == 0 and depth < 4) for i, c in enumerate(children))
+    return (f'<li data-testid="{html.escape(testid)}" data-kind="{html.escape(str(node.get("kind", "")))}">'
+            f'<details{is_open}><summary>{label}</summary><ul>{inner}{more}</ul></details></li>')
+
+
+_last_tree: tuple = (None, _Html(""))  # (tree, its HTML), swapped whole: a run's tree is drawn once
+
+
+def model_tree(tree: Optional[dict]) -> _Html:
+    """The module tree as nested <details> lists (empty until the model is known), escaped."""
+    global _last_tree
+    if not isinstance(tree, dict):
+        return _Html("")
+    cached_tree, cached_html = _last_tree  # one read: another thread may swap the pair meanwhile
+    if cached_tree is tree:
+        return cached_html
+    drawn = _Html(_tree_items(tree, 0, False))
+    _last_tree = (tree, drawn)
+    return drawn

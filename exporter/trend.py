@@ -12,8 +12,9 @@ Here the same figures come from the exporter's own history of (timestamp,
 loss) samples, for /api/status and the live page. Windows are by unix
 timestamp, (now - W, now] and (now - 2W, now - W], and `now` defaults to the
 newest sample, so a finished run keeps the trend it ended with. Non-finite
-losses are left out, as the summary leaves them out. This module does not
-read Prometheus and has no state.
+losses are left out, as the summary leaves them out. Also here: the debiased
+EMA behind nanogpt_train_loss_ema and the page's smoothed line. This module
+does not read Prometheus.
 """
 
 from __future__ import annotations
@@ -84,3 +85,22 @@ def loss_trend(samples: Sequence[Sample], now: Optional[float] = None, window: f
         return Trend("unknown", None, window, threshold, current, previous)
     ratio = (previous - current) / previous
     return Trend(classify(ratio, threshold), ratio, window, threshold, current, previous)
+
+
+EMA_BETA = 0.9  # TensorBoard's default smoothing weight
+
+
+class DebiasedEma:
+    """TensorBoard-style smoothing: an EMA divided by (1 - beta^n) so early values are not biased to 0."""
+
+    def __init__(self, beta: float = EMA_BETA):
+        self.beta, self._value, self._count = beta, 0.0, 0
+
+    def update(self, x: float) -> float:
+        self._value = self.beta * self._value + (1 - self.beta) * x
+        self._count += 1
+        return self.value
+
+    @property
+    def value(self) -> Optional[float]:
+        return self._value / (1 - self.beta ** self._count) if self._count else None

@@ -140,7 +140,7 @@ def live_page_note() -> text.Panel:
     """Where the trainer's own page is, and what it has that Prometheus lacks."""
     return (text.Panel().title("Trainer live page").mode(TextMode.MARKDOWN).content(
         f"[Open the trainer's live page]({LIVE_PAGE}) (rank 0; rank *k* serves on port 8000 + *k*).\n\n"
-        "It shows every logged iteration at full resolution, the model diagram and a CSV of the whole "
+        "It shows every logged iteration at full resolution, the model's module tree and a CSV of the whole "
         "history (`/export.csv`), and works without Prometheus. From another machine or a phone, "
         "use the trainer host's address instead of `localhost` (start it with `--metrics-host 0.0.0.0`)."))
 

@@ -31,6 +31,8 @@ class RunStart:
     config: dict  # the whole TrainConfig as plain values
     start_time: float  # unix seconds
     node: int = 0  # node rank of a multi-node run (torchrun's GROUP_RANK); 0 on one machine
+    # the module tree: nested dicts of str/int/lists (nanogpt_monitor.model_view.describe)
+    model_tree: Optional[dict] = None
 
 
 @dataclass(frozen=True)

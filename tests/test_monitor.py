@@ -9,7 +9,6 @@ import pytest
 
 import nanogpt
 from exporter import TrainingMonitor
-from exporter.architecture import layers, total_parameters
 from exporter.trend import loss_trend
 
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
@@ -135,7 +134,7 @@ def test_a_failed_checkpoint_save_is_counted_and_the_last_good_one_stays_in_the_
 @pytest.mark.parametrize("call", [
     lambda m: m.iteration(iteration=1, tokens=-5, timestamp=1.0),  # a counter cannot go down
     lambda m: m.log(iteration=1, loss="not a number"),
-    lambda m: m.evaluated(iteration=1, train_loss=None, val_loss=1.0),
+    lambda m: m.evaluated(iteration=1, train_loss="bad", val_loss=1.0),
     lambda m: m.run_ended(iteration=1, state="exploded"),
     lambda m: m.log(iteration=1, loss=1.0, unexpected_field=3),  # events.py grew a field
 ])
@@ -199,13 +198,42 @@ def test_status_reports_figures_rate_eta_and_the_trend_of_the_history():
     assert status["parameters_total"] == 1234 and status["state"] == "running"
 
 
-def test_the_model_layers_add_up_to_the_parameter_count_of_the_real_model():
-    from nanogpt.model import GPT, GPTConfig  # the trainer's own model is the reference
+def test_the_model_tree_is_served_as_the_loop_handed_it_over():
+    tree = {"name": "", "type": "Net", "kind": "model", "parameters": 12,
+            "children": [{"name": "fc", "type": "Linear", "kind": "linear", "shapes": {"weight": [3, 4]},
+                          "parameters": 12}]}
+    monitor = started(model_tree=tree)
+    assert monitor.model() == {"model_config": MODEL, "parameters": {"total": 1234, "mlp": 600}, "tree": tree}
+    assert started().model()["tree"] is None
 
-    for bias in (True, False):
-        config = {**MODEL, "bias": bias}
-        expected = GPT(GPTConfig(**config)).parameter_counts()["total"]
-        assert total_parameters(layers(config)) == expected
+
+def test_an_eval_of_the_val_split_alone_leaves_the_train_split_unknown():
+    monitor = started()
+    monitor.evaluated(iteration=5, val_loss=2.5, best_val_loss=2.5)
+    log(monitor, 5, 3.0)
+    assert value(monitor, "nanogpt_eval_loss", split="val") == 2.5
+    assert math.isnan(value(monitor, "nanogpt_eval_loss", split="train"))
+    point = monitor.history.since(None)[-1]
+    assert (point.val_loss, point.eval_train_loss) == (2.5, None)
+    assert monitor.status()["best_val_loss"] == 2.5
+
+
+def test_other_logged_values_are_exported_by_name():
+    monitor = started()
+    monitor.log(iteration=1, loss=3.0, scalars={"epoch": 0.5, "val/acc": 0.25})
+    assert value(monitor, "nanogpt_logged_scalar", key="epoch") == 0.5
+    assert value(monitor, "nanogpt_logged_scalar", key="val/acc") == 0.25
+    assert monitor.status()["scalars"] == {"epoch": 0.5, "val/acc": 0.25}
+
+
+def test_logged_value_names_are_bounded():
+    from exporter.catalogue import MAX_LOGGED_SCALARS
+
+    monitor = started()
+    monitor.log(iteration=1, loss=3.0, scalars={f"v{i}": i for i in range(MAX_LOGGED_SCALARS + 1)})
+    assert len(monitor.status()["scalars"]) == MAX_LOGGED_SCALARS
+    assert value(monitor, "nanogpt_exporter_errors_total") == 1
+    assert value(monitor, "nanogpt_train_loss") == 3.0  # the rest of the log point still counts
 
 
 def test_an_unusable_metrics_log_costs_the_disk_copy_only(tmp_path):

@@ -24,13 +24,16 @@ STATUS_KEYS = {
     "average_loss",
 }
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
+TREE = {"name": "", "type": "GPT", "kind": "model", "parameters": 1000, "children": [
+    {"name": "transformer.h.0.attn", "type": "CausalSelfAttention", "kind": "attention", "heads": 2,
+     "head_size": 16, "parameters": 1000}]}
 
 
 @pytest.fixture
 def monitor():
     monitor = TrainingMonitor(run_id="r1", rank=0)
     monitor.run_started(max_iterations=100, tokens_per_iteration=256, model_config=MODEL,
-                        parameters={"total": 1000}, start_time=time.time())
+                        parameters={"total": 1000}, start_time=time.time(), model_tree=TREE)
     return monitor
 
 
@@ -133,11 +136,9 @@ def test_a_non_finite_loss_is_null_in_json(server, monitor):
     assert json.loads(get(server, "/api/history")[2])["points"][0]["loss"] is None
 
 
-def test_model_describes_the_architecture(server):
+def test_model_serves_the_config_counts_and_module_tree(server):
     body = json.loads(get(server, "/api/model")[2])
-    assert body["model_config"]["n_layer"] == 2
-    blocks = [layer for layer in body["layers"] if layer["kind"] == "block"]
-    assert len(blocks) == 2 and blocks[0]["children"][1]["n_head"] == 2
+    assert body == {"model_config": MODEL, "parameters": {"total": 1000}, "tree": TREE}
 
 
 def test_csv_export_is_an_attachment_with_one_row_per_logged_iteration(server, monitor):

@@ -81,6 +81,7 @@ def test_run_start_describes_the_model_and_the_run(tmp_path):
                                       vocab_size=corpus_vocab_size(), dropout=0.0)  # fmt: skip
     assert start.parameters["total"] == sum(v for k, v in start.parameters.items() if k != "total")
     assert (start.device, start.dtype, start.config["max_iters"]) == ("cpu", "float32", 0)
+    assert (start.model_tree["type"], start.model_tree["parameters"]) == ("GPT", start.parameters["total"])
 
 
 def test_log_points_carry_host_numbers_for_the_logged_iteration(tmp_path):

@@ -19,19 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import catalogue
 from tests.support.grafana import (
-    generator_module, is_gpu_query, load_dashboards, parse_label_values, queries_without_data, substitute, targets,
-    variable_query, variables,
+    ALWAYS_FIRING, PANEL_DATA_READY, generator_module, is_gpu_query, load_dashboards, parse_label_values,
+    queries_without_data, substitute, targets, variable_query, variables,
 )
 from tests.support.procs import PROMETHEUS_RULES, Prometheus, Trainer, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
 SCRAPE_SECONDS = 1
-# A test-only alert that fires for every running trainer, so the panels that list
-# ALERTS{run_id=...} have a firing alert to show (the project's alerts need minutes).
-ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
-    "alert": "GrafanaPanelTestAlwaysFiring", "expr": 'nanogpt_training_state{state="running"} == 1',
-    "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
 # Prometheus makes these itself; the trainer cannot export them.
 PROMETHEUS_SERIES = {"ALERTS", "ALERTS_FOR_STATE", "up"}
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
@@ -52,11 +47,7 @@ def stack(tmp_path_factory):
         start = time.time()
         prometheus = Prometheus(workdir / "prometheus", [trainer.target], scrape_interval=f"{SCRAPE_SECONDS}s",
                                 rule_files=[*sorted(PROMETHEUS_RULES.glob("*.yml")), rules])
-        # Evals and checkpoints seen changing, rates and the test alert there.
-        for expr in ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
-                     "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
-                     "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
-                     "rate(nanogpt_iteration_duration_seconds_count[4s]) > 0"):
+        for expr in PANEL_DATA_READY:
             wait_until(lambda: prometheus.query(expr), timeout=90, interval=0.5, what=f"Prometheus to return {expr}")
         yield trainer, prometheus, start
     finally:
@@ -77,8 +68,6 @@ def test_every_panel_query_returns_series(stack, run_id):
     # the GPU panels need a GPU: tests/e2e/test_gpu_dashboards.py runs them on backfilled GPU data
     _, prometheus, start = stack
     end = time.time()
-    # Step points counted back from `end` (as Grafana aligns them): the newest samples are covered.
-    start = end - SCRAPE_SECONDS * int((end - start) / SCRAPE_SECONDS)
     failures = queries_without_data(prometheus, run_id, start, end, SCRAPE_SECONDS,
                                     select=lambda expr: not is_gpu_query(expr))
     assert not failures, "\n".join(failures)

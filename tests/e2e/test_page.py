@@ -1,5 +1,5 @@
 """The live page (GET /) in a real Chromium: figures without JavaScript, the chart live during a
-real training, tooltip, CSV and PNG export, the model diagram, a phone-sized layout, and
+real training, tooltip, CSV and PNG export, the model's module tree, a phone-sized layout, and
 reconnection after the trainer restarts. No console errors anywhere.
 
 Tests that need no training drive a real in-process TrainingMonitor and its real server (the
@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from exporter import TrainingMonitor
+from nanogpt.model import GPT, GPTConfig
+from nanogpt_monitor.model_view import describe
 from tests.support.procs import Trainer, http_json, require, wait_until
 
 try:
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
+TREE = describe(GPT(GPTConfig(**MODEL)))
 PARAMETERS = {"total": 27_840, "token_embedding": 2_080, "position_embedding": 1_024, "attention": 8_448,
               "mlp": 16_704, "layernorm": 256, "lm_head": 0}
 # The network errors Chromium logs while the trainer is down between two runs: expected, nothing else is.
@@ -80,11 +83,14 @@ def page_factory(browser):
         assert console.errors == [], "console errors on the page"
 
 
+RUN = dict(max_iterations=1000, tokens_per_iteration=256, model_config=MODEL, parameters=PARAMETERS, model_tree=TREE,
+           dataset="tinyshakespeare.txt", device="cpu", dtype="float32", start_time=1_700_000_000.0)
+
+
 @pytest.fixture
 def monitor():
     monitor = TrainingMonitor(run_id="page-test", rank=0)
-    monitor.run_started(max_iterations=1000, tokens_per_iteration=256, model_config=MODEL, parameters=PARAMETERS,
-                        dataset="tinyshakespeare.txt", device="cpu", dtype="float32", start_time=1_700_000_000.0)
+    monitor.run_started(**RUN)
     return monitor
 
 
@@ -210,23 +216,39 @@ def test_png_download_is_a_png_of_the_chart(monitor, server, page_factory):
     assert width > 300 and height > 200
 
 
-def test_clicking_a_block_in_the_diagram_shows_its_parameter_count(monitor, server, page_factory):
+def test_the_module_tree_opens_and_closes_from_the_keyboard(monitor, server, page_factory):
     page, _ = page_factory()
     page.goto(server.url + "/")
-    layers = http_json(server.url + "/api/model")["layers"]
-    block = next(layer for layer in layers if layer["kind"] == "block")
-    page.get_by_test_id("part-block0").click()
-    assert page.get_by_test_id("part-parameters").inner_text() == f"{block['parameters']:,} parameters"
-
-
-def test_diagram_parts_answer_the_keyboard(monitor, server, page_factory):
-    page, _ = page_factory()
-    page.goto(server.url + "/")
-    attention = http_json(server.url + "/api/model")["layers"][2]["children"][1]
-    page.get_by_test_id("part-block0-attn").focus()
+    block = page.get_by_test_id("module-transformer-h-1")
+    attention = page.get_by_test_id("module-transformer-h-1-attn")
+    expect(attention).to_be_hidden()  # blocks after the first start closed
+    summary = block.locator("summary").first
+    page.get_by_test_id("module-transformer-h-0").locator("summary").first.focus()
+    for _ in range(10):  # Tab through block 0's rows to the next block's
+        page.keyboard.press("Tab")
+        if summary.evaluate("el => el === document.activeElement"):
+            break
+    expect(summary).to_be_focused()
     page.keyboard.press("Enter")
-    assert page.get_by_test_id("part-parameters").inner_text() == f"{attention['parameters']:,} parameters"
-    assert "2 heads of size 16" in page.get_by_test_id("part-detail").inner_text()
+    expect(attention).to_be_visible()
+    expect(attention).to_contain_text("2 heads \u00d7 16")
+    page.keyboard.press("Enter")
+    expect(attention).to_be_hidden()
+
+
+def test_a_page_served_before_the_run_started_gets_the_tree(page_factory):
+    monitor = TrainingMonitor(run_id="page-test", rank=0)
+    server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.5)
+    try:
+        page, _ = page_factory()
+        # the model arrives while the page loads its history, after the HTML was served without it
+        page.route("**/api/history*", lambda route: (monitor.run_started(**RUN), route.continue_()))
+        page.goto(server.url + "/")
+        expect(page.get_by_test_id("module-transformer-h-0-attn")).to_contain_text("2 heads")
+        expect(page.get_by_test_id("model-summary")).to_contain_text("GPT \u00b7 2 layers")
+        page.context.close()
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -234,7 +256,7 @@ def test_phone_width_has_no_horizontal_overflow(monitor, server, page_factory, s
     feed(monitor, 300)
     page, _ = page_factory(viewport={"width": 375, "height": 667}, color_scheme=scheme)
     open_page(page, server.url, 30)
-    page.wait_for_selector("[data-testid=model-diagram]")
+    page.wait_for_selector("[data-testid=module-root]")
     scroll, client = page.evaluate(
         "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert scroll <= client == 375

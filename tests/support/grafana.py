@@ -74,6 +74,20 @@ def generator_module(name: str):
     return importlib.import_module(f"grafana.{name}")
 
 
+# A test-only alert that fires for every running process, so the panels that list
+# ALERTS{run_id=...} have a firing alert to show (the project's alerts need minutes).
+ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
+    "alert": "GrafanaPanelTestAlwaysFiring", "expr": 'nanogpt_training_state{state="running"} == 1',
+    "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
+
+# What Prometheus must have seen before every panel can show something: evaluations and
+# checkpoints changing, the recorded ETA, the test alert and a step-time rate.
+PANEL_DATA_READY = ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
+                    "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
+                    "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
+                    "rate(nanogpt_iteration_duration_seconds_count[4s]) > 0")
+
+
 def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int = 1, step_seconds: int | None = None,
                rank: str = ".*") -> str:
     """`expr` with Grafana's variables as Grafana sets them for one selection of run_id (a value or a regex)
@@ -95,6 +109,8 @@ def queries_without_data(prometheus, run_id: str, start: float, end: float, scra
                          select=lambda expr: True) -> list[str]:
     """Run every selected panel query of every dashboard over [start, end] (instant ones at `end`),
     step one scrape; returns a line for each that gave no series."""
+    # Step points counted back from `end` (as Grafana aligns them): the newest samples are covered.
+    start = end - scrape_seconds * int((end - start) / scrape_seconds)
     failures = []
     for uid, board in load_dashboards().items():
         for title, target in targets(board):

@@ -276,9 +276,33 @@ METRICS_URL_LINE = r"metrics: (http://[\d.]+:(\d+))/metrics"
 FAULTY_TRAINER = [sys.executable, "-m", "tests.support.faulty_train"]
 
 
-class Trainer(Process):
+class ServesMetrics(Process):
+    """A training process that prints `metrics: http://HOST:PORT/metrics` once it serves them."""
+
+    base_url: str | None = None
+    port: int | None = None
+    what = "the process"  # for messages
+
+    def wait_for_metrics(self, timeout: float = 60.0) -> str:
+        """Block until the process logs its metrics URL; returns the base URL (no path)."""
+        def found():
+            if not self.running() and not self.find(METRICS_URL_LINE):
+                raise AssertionError(f"{self.what} exited early:\n{self.output()[-3000:]}")
+            return self.find(METRICS_URL_LINE)
+        match = wait_until(found, timeout=timeout, what=f"the metrics URL of {self.what}")
+        self.base_url, self.port = match.group(1), int(match.group(2))
+        return self.base_url
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Trainer(ServesMetrics):
     """The real trainer (`python -m nanogpt`) on the default corpus (or `data_file`), metrics on a
     free port, its encoded-data cache in `workdir`."""
+
+    what = "the trainer"
 
     def __init__(self, workdir: Path, *args: str, data_file: Path | None = None, out_dir: Path | None = None,
                  model: list[str] = TINY_MODEL, env: dict | None = None, wait_for_metrics: bool = True,
@@ -291,20 +315,5 @@ class Trainer(Process):
         args = [*command, *data, f"--data_cache_dir={workdir / 'cache'}", f"--out_dir={self.out_dir}",
                 "--metrics-port=0", *model, *args]
         super().__init__(args, workdir / f"trainer-{time.monotonic_ns()}.log", env=full_env, cwd=REPO)
-        self.base_url = self.port = None
         if wait_for_metrics:
             self.wait_for_metrics()
-
-    def wait_for_metrics(self, timeout: float = 60.0) -> str:
-        """Block until the trainer logs its metrics URL; returns the base URL (no path)."""
-        def found():
-            if not self.running() and not self.find(METRICS_URL_LINE):
-                raise AssertionError(f"trainer exited early:\n{self.output()[-3000:]}")
-            return self.find(METRICS_URL_LINE)
-        match = wait_until(found, timeout=timeout, what="the trainer's metrics URL")
-        self.base_url, self.port = match.group(1), int(match.group(2))
-        return self.base_url
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"

@@ -1,0 +1,94 @@
+"""The runnable examples (plain PyTorch, Hugging Face Trainer, Lightning) feed the same stack.
+
+Each example trains for real (tiny model, CPU) with `--lr-zero-after`, so its loss
+stops improving early. Two real Prometheus servers scrape it every second: one
+loads the project's rules as they ship (and a test alert that always fires), and
+every panel query of both dashboards must return data for the example's run_id;
+the other loads the rules scaled down 60x (tests/support/rules.py), in which
+NanoGPTLossPlateau must fire for that run. Under torchrun, each rank of the
+Hugging Face example serves its own metrics, as our trainer's ranks do.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.support.alerting import SCALE
+from tests.support.examples import EXAMPLES, Example
+from tests.support.grafana import ALWAYS_FIRING, PANEL_DATA_READY, is_gpu_query, queries_without_data
+from tests.support.procs import PROMETHEUS_RULES, Prometheus, free_port, http_get, consecutive_free_ports, wait_until
+from tests.support.rules import write_scaled_rules
+
+pytestmark = pytest.mark.slow
+
+SCRAPE_SECONDS = 1
+# Long enough to stay running while the queries run; stopped at the end. Logged every step so
+# the scaled plateau windows (10 s) hold enough points; evals and saves every 10 steps.
+RUN = ["--max-steps=100000", "--log-every=1", "--eval-every=10", "--save-every=10", "--lr-zero-after=20"]
+
+
+@pytest.fixture(scope="module", params=EXAMPLES)
+def watched(request, tmp_path_factory):
+    """(run_id, example, prometheus with the shipped rules, prometheus with scaled rules, start time)."""
+    name = request.param
+    workdir = tmp_path_factory.mktemp(name)
+    (workdir / "always-firing.yml").write_text(yaml.safe_dump(ALWAYS_FIRING))
+    port, run_id, started = free_port(), f"example-{name.replace('_', '-')}", []
+    try:
+        shipped = Prometheus(workdir / "prometheus", [f"127.0.0.1:{port}"], scrape_interval=f"{SCRAPE_SECONDS}s",
+                             rule_files=[*sorted(PROMETHEUS_RULES.glob("*.yml")), workdir / "always-firing.yml"])
+        started.append(shipped)
+        scaled = Prometheus(workdir / "prometheus-scaled", [f"127.0.0.1:{port}"],
+                            rule_files=write_scaled_rules(workdir / "rules", SCALE))
+        started.append(scaled)
+        start = time.time()
+        example = Example(workdir, name, f"--metrics-port={port}", f"--run-id={run_id}", *RUN)
+        started.append(example)
+        yield run_id, example, shipped, scaled, start
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def test_every_dashboard_query_returns_data_for_the_example_s_run(watched):
+    run_id, example, prometheus, _, start = watched
+    for expr in PANEL_DATA_READY:
+        wait_until(lambda: prometheus.query(expr), timeout=120, interval=0.5, what=f"Prometheus to return {expr}")
+    assert example.running()
+    failures = queries_without_data(prometheus, run_id, start, time.time(), SCRAPE_SECONDS,
+                                    select=lambda expr: not is_gpu_query(expr))
+    assert not failures, "\n".join(failures)
+
+
+def test_a_zeroed_learning_rate_fires_the_loss_plateau_alert(watched):
+    run_id, example, _, scaled, _ = watched
+    firing = f'ALERTS{{alertname="NanoGPTLossPlateau", alertstate="firing", run_id="{run_id}"}}'
+    wait_until(lambda: scaled.query(firing), timeout=150, interval=1, what=f"NanoGPTLossPlateau for {run_id}")
+    assert example.running()
+
+
+def test_under_torchrun_each_rank_of_a_trainer_run_serves_its_own_metrics(tmp_path):
+    port = consecutive_free_ports(2)
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    example = Example(tmp_path, "hf_trainer", f"--metrics-port={port}", "--max-steps=6", "--log-every=2",
+                      "--eval-every=3", "--save-every=3", "--metrics-linger=120", launcher=torchrun,
+                      wait_for_metrics=False)
+    try:
+        wait_until(lambda: example.output().count("serving metrics for") == 2 or not example.running(),
+                   timeout=240, what="both ranks to finish training")
+        assert example.running(), example.output()[-3000:]
+        found = set()
+        for rank in (0, 1):
+            text = http_get(f"http://127.0.0.1:{port + rank}/metrics").decode()
+            match = re.search(r'nanogpt_iterations_total\{rank="(\d)",run_id="([^"]+)"\} 6\.0', text)
+            assert match, f"rank {rank}: no 6 iterations in\n{text[:2000]}"
+            found.add(match.groups())
+        (_, run_id), _ = sorted(found)
+        assert found == {("0", run_id), ("1", run_id)}  # one run_id, chosen by rank 0, on both ranks
+    finally:
+        example.stop()

@@ -1,0 +1,106 @@
+"""nanogpt_monitor.hf: a real Hugging Face Trainer on a tiny GPT-2 (built from a config, no hub)
+for a few CPU steps; the callback's monitor holds what the Trainer's hooks handed over."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")  # the test extra installs it (pyproject)
+
+from nanogpt_monitor.hf import MonitorCallback  # noqa: E402
+
+VOCAB, SEQ, BATCH, STEPS = 64, 16, 4, 6
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int):
+        self.ids = torch.randint(0, VOCAB, (n, SEQ), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(callback, trainer) after STEPS steps, logging every 2, evaluating and saving every 3."""
+    out = tmp_path_factory.mktemp("hf")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=SEQ, vocab_size=VOCAB,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,
+        logging_steps=2, eval_strategy="steps", eval_steps=3, save_steps=3, report_to=[], use_cpu=True,
+        disable_tqdm=True, learning_rate=1e-3, lr_scheduler_type="constant", max_grad_norm=1.0)
+    callback = MonitorCallback(run_id="hf-test", port=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTokens(64, 1),
+                                   eval_dataset=RandomTokens(8, 2), callbacks=[callback])
+    trainer.train()
+    yield callback, trainer
+    callback.run.close(linger_seconds=0)
+
+
+def value(callback, metric, **labels):
+    return callback.run.monitor.registry.get_sample_value(metric, {"run_id": "hf-test", "rank": "0", **labels})
+
+
+def test_every_step_is_an_iteration_with_its_tokens(trained):
+    callback, _ = trained
+    assert value(callback, "nanogpt_iterations_total") == STEPS
+    assert value(callback, "nanogpt_iteration") == STEPS
+    assert value(callback, "nanogpt_tokens_total") == STEPS * BATCH * SEQ  # eval batches not counted
+
+
+def test_max_steps_is_the_target_for_the_eta(trained):
+    assert value(trained[0], "nanogpt_max_iterations") == STEPS
+
+
+def test_logged_loss_lr_and_grad_norm_are_the_trainer_s(trained):
+    callback, trainer = trained
+    last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    assert value(callback, "nanogpt_train_loss") == pytest.approx(last["loss"])
+    assert value(callback, "nanogpt_learning_rate") == pytest.approx(last["learning_rate"])
+    assert value(callback, "nanogpt_grad_norm") == pytest.approx(last["grad_norm"])
+    assert value(callback, "nanogpt_logged_loss_count") == STEPS / 2
+    assert value(callback, "nanogpt_logged_scalar", key="epoch") == pytest.approx(last["epoch"])
+
+
+def test_tokens_per_second_is_logged(trained):
+    point = trained[0].run.monitor.history.since(None)[-1]
+    assert point.tokens_per_second > 0 and point.step_seconds > 0
+
+
+def test_the_eval_loss_is_the_val_split(trained):
+    callback, trainer = trained
+    evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evals) == 2
+    assert value(callback, "nanogpt_eval_loss", split="val") == pytest.approx(evals[-1])
+    assert math.isnan(value(callback, "nanogpt_eval_loss", split="train"))  # the Trainer evaluates val only
+    assert callback.run.monitor.status()["best_val_loss"] == pytest.approx(min(evals))
+
+
+def test_saves_are_checkpoints(trained):
+    callback, _ = trained
+    assert value(callback, "nanogpt_last_checkpoint_timestamp_seconds") > 0
+    assert callback.run.monitor.status()["last_checkpoint"]["path"].endswith("checkpoint-6")
+
+
+def test_the_run_ends_finished(trained):
+    assert value(trained[0], "nanogpt_training_state", state="finished") == 1
+
+
+def test_the_model_is_described_with_tied_embeddings_counted_once(trained):
+    callback, trainer = trained
+    model = callback.run.monitor.model()
+    assert model["parameters"]["total"] == sum(p.numel() for p in trainer.model.parameters())
+    assert value(callback, "nanogpt_model_parameters", component="lm_head") == 0
+    assert model["model_config"]["n_layer"] == 1

@@ -1,0 +1,92 @@
+"""exporter.page: the live page's HTML as rendered on the server (what a browser without JavaScript
+shows), in particular the model's module tree. The browser side is tests/e2e/test_page.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from exporter import TrainingMonitor
+from exporter.page import model_summary, model_tree, render
+from nanogpt.model import GPT, GPTConfig
+from nanogpt_monitor.model_view import describe
+
+MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
+
+
+@pytest.fixture(scope="module")
+def nanogpt_tree() -> dict:
+    return describe(GPT(GPTConfig(**MODEL)))
+
+
+def page_of(**run) -> str:
+    monitor = TrainingMonitor(run_id="page", rank=0)
+    monitor.run_started(max_iterations=10, **run)
+    return render(monitor)[0].decode()
+
+
+def item(html: str, testid: str) -> str:
+    """The opening of the <li> of one module and its row (up to its children)."""
+    match = re.search(rf'<li data-testid="{testid}"[^>]*>(.*?)(?:<ul>|</li>)', html)
+    assert match, f"no {testid} in the tree"
+    return match.group(1)
+
+
+def test_the_tree_is_in_the_html_itself(nanogpt_tree):
+    html = page_of(model_config=MODEL, model_tree=nanogpt_tree)
+    assert 'data-testid="module-root"' in html and 'data-testid="module-transformer-h-1-mlp-c_fc"' in html
+    assert "28,576 params" in item(html, "module-root")
+
+
+def test_nanogpt_blocks_show_their_parts_and_attention_its_heads(nanogpt_tree):
+    html = page_of(model_tree=nanogpt_tree)
+    block = item(html, "module-transformer-h-1")
+    assert re.findall(r'<span class="chip">(\w+)</span>', block) == ["norm", "attention", "norm", "mlp"]
+    attention = item(html, "module-transformer-h-0-attn")
+    assert "2 heads \u00d7 16" in attention and attention.count("<i></i>") == 2
+
+
+def test_the_top_levels_and_the_first_block_are_open_the_other_blocks_closed(nanogpt_tree):
+    html = page_of(model_tree=nanogpt_tree)
+    assert "<details open>" in item(html, "module-transformer-h")
+    assert "<details open>" in item(html, "module-transformer-h-0")
+    assert "<details>" in item(html, "module-transformer-h-1")
+
+
+def test_a_tied_weight_says_where_it_is_counted(nanogpt_tree):
+    row = item(page_of(model_tree=nanogpt_tree), "module-lm_head")
+    assert "0 params" in row and "weight 65 \u00d7 32 (tied to transformer.wte.weight)" in row
+
+
+def test_names_from_the_loop_are_escaped():
+    tree = {"name": "", "type": "<script>x</script>", "kind": "model", "parameters": 1,
+            "children": [{"name": "a.<b>", "type": "T", "kind": "module", "parameters": 1}]}
+    html = model_tree(tree)
+    assert "<script>x" not in html and "&lt;script&gt;x" in html and "&lt;b&gt;" in html
+
+
+def test_cut_subtrees_say_how_many_modules_are_not_shown():
+    tree = {"name": "", "type": "Seq", "kind": "model", "parameters": 9, "omitted": 41, "children": [
+        {"name": "0", "type": "Linear", "kind": "linear", "parameters": 9}]}
+    assert "41 more modules not shown" in model_tree(tree)
+
+
+def test_a_malformed_tree_costs_the_tree_only_and_is_counted():
+    monitor = TrainingMonitor(run_id="page", rank=0)
+    monitor.run_started(max_iterations=10, model_tree={"name": "", "children": ["not a module"]})
+    html = render(monitor)[0].decode()
+    assert '<ul class="tree" id="model-tree" data-testid="model-tree" aria-label="modules of the model"></ul>' in html
+    assert monitor.registry.get_sample_value("nanogpt_exporter_errors_total", {"run_id": "page", "rank": "0"}) == 1
+
+
+def test_the_summary_names_the_model_and_what_its_config_says():
+    assert model_summary({"n_layer": 2, "n_head": 4}, {"type": "GPT2LMHeadModel"}) == \
+        "GPT2LMHeadModel \u00b7 2 layers \u00b7 4 heads"
+    assert model_summary({}, None) == "The model is described once training starts."
+
+
+def test_a_layer_is_named_with_its_list_and_a_part_by_its_own_name(nanogpt_tree):
+    html = page_of(model_tree=nanogpt_tree)
+    assert '<span class="mname">h.0</span>' in item(html, "module-transformer-h-0")
+    assert '<span class="mname">ln_1</span>' in item(html, "module-transformer-h-0-ln_1")

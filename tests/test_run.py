@@ -1,0 +1,83 @@
+"""nanogpt_monitor.run.MonitoredRun: a process's monitor for adapters, over its real server."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from exporter import PortInUseError
+from nanogpt_monitor.run import MonitoredRun
+from tests.support.procs import METRICS_URL_LINE, REPO, http_get, wait_until
+
+LABELS = {"run_id": "run-test", "rank": "0"}
+
+
+@pytest.fixture
+def run():
+    run = MonitoredRun(run_id="run-test", port=0)
+    yield run
+    run.close(linger_seconds=0)
+
+
+def value(run, metric, **labels):
+    return run.monitor.registry.get_sample_value(metric, {**LABELS, **labels})
+
+
+def test_start_serves_prints_the_url_and_reports_the_run(run, capsys):
+    run.start(max_iterations=50)
+    assert f"metrics: {run.url}/metrics" in capsys.readouterr().out
+    assert b"nanogpt_max_iterations" in http_get(f"{run.url}/metrics")
+    assert value(run, "nanogpt_training_state", state="running") == 1
+
+
+def test_step_time_and_tokens_per_second_span_the_steps_since_the_last_log(run):
+    run.start(max_iterations=50)
+    for i in range(1, 5):
+        run.step(i, tokens=100)
+    run.log(4, loss=2.0)
+    point = run.monitor.history.since(None)[-1]
+    assert point.tokens_per_second == pytest.approx(400 / (4 * point.step_seconds))
+    assert value(run, "nanogpt_tokens_total") == 400
+
+
+def test_the_best_val_loss_is_kept(run):
+    run.start(max_iterations=50)
+    for i, loss in enumerate((3.0, 2.0, 2.5)):
+        run.evaluated(i, loss)
+    assert run.monitor.status()["best_val_loss"] == 2.0
+
+
+def test_monitoring_errors_are_counted_not_raised(run):
+    run.start(max_iterations=50)
+    run.log(1, loss="not a number")
+    run.step(2, tokens=-1)
+    assert value(run, "nanogpt_exporter_errors_total") == 2
+
+
+def test_a_port_in_use_is_an_error_before_training(run):
+    run.start(max_iterations=50)
+    other = MonitoredRun(port=int(run.url.rsplit(":", 1)[1]))
+    with pytest.raises(PortInUseError):
+        other.start(max_iterations=50)
+
+
+def test_a_process_that_exits_before_the_end_reports_failed_while_it_lingers():
+    code = ("from nanogpt_monitor.run import MonitoredRun\n"
+            "run = MonitoredRun(run_id='crash', port=0, linger_seconds=60)\n"
+            "run.start(max_iterations=10)\n"
+            "run.step(1, 10)\n"
+            "raise RuntimeError('out of memory')\n")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        url = re.search(METRICS_URL_LINE, process.stdout.readline()).group(1)
+        failed = 'nanogpt_training_state{rank="0",run_id="crash",state="failed"} 1.0'
+        wait_until(lambda: failed in http_get(f"{url}/metrics").decode(), timeout=30, what="the failed state")
+        assert process.poll() is None  # still serving: lingering
+    finally:
+        process.kill()
+        process.wait()
