@@ -114,7 +114,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("exporter_errors", "nanogpt_exporter_errors", "counter",
            "Exceptions caught inside the exporter (logged once per site, never raised into training)."),
     Metric("scrape_duration", "nanogpt_exporter_scrape_duration_seconds", "gauge",
-           "Time the exporter took to render the previous /metrics answer.", initial=0),
+           "Time the exporter took to render /metrics, the last time it did (an answer reuses the render "
+           "until a logged point or a second has passed).", initial=0),
 )
 
 BY_KEY = {metric.key: metric for metric in METRICS}
