@@ -1,12 +1,18 @@
 """Benchmark (not a test): the trainer's HTTP server under many concurrent clients, during real training.
 
-Starts `python -m nanogpt` (a tiny model on the default corpus, --metrics-port 0), measures the
-training rate (nanogpt_tokens_total over a window) unloaded, then again while C client threads
-hammer /metrics, /, /api/status, /api/history, /export.csv and /api/stream for the same window.
-Prints requests served, errors (must be 0) and p50/p99 latency per endpoint, and the loaded /
-unloaded tokens/s ratio. The clients share the 2 cores with the trainer, as a real storm would.
+Starts `python -m nanogpt` (a tiny model on the default corpus, --metrics-port 0), then alternates windows without
+and with load: C client threads here hammer /metrics, /, /api/status, /api/history (as the page
+asks for it: the overview), /api/history (everything), /export.csv and /api/stream for the window.
+For each window it reads the training progress (nanogpt_tokens_total), the trainer process's
+own CPU time (/proc/PID/stat, all its threads: training and serving) and the wall clock, and
+prints, over P interleaved pairs (the order alternating):
 
-    python bench/load.py [--clients 16] [--seconds 20] [--data-file PATH]
+- tokens per CPU-second of the trainer, loaded / unloaded: what serving costs the training
+  process, whatever the load generator itself takes from the shared cores;
+- wall-clock tokens/s, loaded / unloaded: what a user sees on this machine, load generator included;
+- requests served, errors and p50/p99 latency per endpoint over the loaded windows.
+
+    python bench/load.py [--clients 16] [--seconds 10] [--pairs 8] [--data-file PATH]
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINER_FLAGS = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--batch_size=8",
                  "--device=cpu", "--compile=False", "--max_iters=10000000", "--eval_interval=1000000",
                  "--eval_iters=2", "--log_interval=10", "--warmup_iters=10"]
-ENDPOINTS = ["/metrics", "/", "/api/status", "/api/history", "/export.csv", "/api/stream"]
+FIELDS = "iteration,loss,timestamp,val_loss,eval_train_loss"
+ENDPOINTS = ["/metrics", "/", "/api/status", f"/api/history?format=columns&fields={FIELDS}&points=2000",
+             "/api/history", "/export.csv", "/api/stream"]
 TOKENS = re.compile(rb"^nanogpt_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def start_trainer(data_file: Path | None, out_dir: Path) -> tuple[subprocess.Popen, str, int]:
@@ -49,7 +58,7 @@ def start_trainer(data_file: Path | None, out_dir: Path) -> tuple[subprocess.Pop
 
 def fetch(host: str, port: int, path: str) -> bytes:
     """One GET; /api/stream is read until its first event after the retry line, then dropped."""
-    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -62,15 +71,39 @@ def fetch(host: str, port: int, path: str) -> bytes:
         conn.close()
 
 
-def tokens_total(host: str, port: int) -> float:
-    return float(TOKENS.search(fetch(host, port, "/metrics")).group(1))
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid`, all its threads (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def tokens_per_second(host: str, port: int, seconds: float) -> float:
-    """The training rate over `seconds` of wall time, from the counter the trainer exports."""
-    before, started = tokens_total(host, port), time.monotonic()
-    time.sleep(seconds)  # the measurement window itself, not a wait for something to happen
-    return (tokens_total(host, port) - before) / (time.monotonic() - started)
+class Window:
+    """Tokens trained, trainer CPU seconds and wall seconds over a stretch of time."""
+
+    def __init__(self, host: str, port: int, pid: int):
+        self.host, self.port, self.pid = host, port, pid
+
+    def __enter__(self) -> "Window":
+        self._read()
+        self.tokens, self.cpu, self.wall = -self.tokens, -self.cpu, -self.wall
+        return self
+
+    def __exit__(self, *exc) -> None:
+        tokens, cpu, wall = self.tokens, self.cpu, self.wall
+        self._read()
+        self.tokens, self.cpu, self.wall = self.tokens + tokens, self.cpu + cpu, self.wall + wall
+
+    def _read(self) -> None:
+        self.tokens = float(TOKENS.search(fetch(self.host, self.port, "/metrics")).group(1))
+        self.cpu, self.wall = cpu_seconds(self.pid), time.monotonic()
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.tokens / self.cpu
+
+    @property
+    def per_second(self) -> float:
+        return self.tokens / self.wall
 
 
 def hammer(host: str, port: int, until: float, index: int, latencies: dict, errors: dict) -> None:
@@ -87,45 +120,75 @@ def hammer(host: str, port: int, until: float, index: int, latencies: dict, erro
             errors[path].append(f"{type(e).__name__}: {e}")
 
 
+def loaded_window(host, port, pid, clients, seconds, latencies, errors) -> Window:
+    until = time.monotonic() + seconds
+    threads = [threading.Thread(target=hammer, args=(host, port, until, i, latencies, errors)) for i in range(clients)]
+    with Window(host, port, pid) as window:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return window
+
+
+def quiet_window(host, port, pid, seconds) -> Window:
+    with Window(host, port, pid) as window:
+        time.sleep(seconds)  # the measurement window itself, not a wait for something to happen
+    return window
+
+
+def spread(ratios: list[float]) -> str:
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return (f"median {statistics.median(ratios):.3f}, quartiles {q[0]:.3f}..{q[2]:.3f}, "
+            f"range {min(ratios):.3f}..{max(ratios):.3f} over {len(ratios)} pairs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each window")
-    parser.add_argument("--data-file", type=Path, default=None)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each window")
+    parser.add_argument("--pairs", type=int, default=8, help="unloaded/loaded window pairs, order alternating")
+    parser.add_argument("--data-file", type=Path, default=None, help="default: the offline default corpus")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/nanogpt-bench-load"))
     args = parser.parse_args()
 
     proc, host, port = start_trainer(args.data_file and args.data_file.resolve(), args.out_dir)
+    latencies, errors, pairs = defaultdict(list), defaultdict(list), []
     try:
-        tokens_per_second(host, port, 5.0)  # warm-up: first steps and the iteration-0 eval
-        unloaded = tokens_per_second(host, port, args.seconds)
-        latencies, errors = defaultdict(list), defaultdict(list)
-        until = time.monotonic() + args.seconds
-        clients = [threading.Thread(target=hammer, args=(host, port, until, i, latencies, errors))
-                   for i in range(args.clients)]
-        for client in clients:
-            client.start()
-        loaded = tokens_per_second(host, port, args.seconds)
-        for client in clients:
-            client.join()
+        quiet_window(host, port, proc.pid, 5.0)  # warm-up: first steps and the iteration-0 eval
+        for pair in range(args.pairs):
+            order = ("quiet", "loaded") if pair % 2 == 0 else ("loaded", "quiet")  # interleaved: no drift bias
+            windows = {}
+            for kind in order:
+                windows[kind] = (loaded_window(host, port, proc.pid, args.clients, args.seconds, latencies, errors)
+                                 if kind == "loaded" else quiet_window(host, port, proc.pid, args.seconds))
+            quiet, loaded = windows["quiet"], windows["loaded"]
+            pairs.append((quiet, loaded))
+            print(f"pair {pair + 1}: tokens/CPU-s {quiet.per_cpu_second:,.0f} -> {loaded.per_cpu_second:,.0f} "
+                  f"({loaded.per_cpu_second / quiet.per_cpu_second:.3f}), tokens/s {quiet.per_second:,.0f} -> "
+                  f"{loaded.per_second:,.0f} ({loaded.per_second / quiet.per_second:.3f}), trainer CPU "
+                  f"{quiet.cpu / quiet.wall:.2f} -> {loaded.cpu / loaded.wall:.2f} cores", flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
 
-    print(f"{args.clients} clients for {args.seconds:.0f} s against a training run (loadavg {load_average()})")
-    print(f"{'endpoint':<14} {'served':>7} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    loaded_seconds = args.seconds * args.pairs
+    print(f"\n{args.clients} clients, {args.pairs} x {args.seconds:.0f} s loaded (loadavg {load_average()})")
+    print(f"{'endpoint':<40} {'served':>7} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
     for path in ENDPOINTS:
         times = sorted(latencies[path])
         p50 = statistics.median(times) * 1000 if times else float("nan")
         p99 = times[min(len(times) - 1, int(0.99 * len(times)))] * 1000 if times else float("nan")
-        print(f"{path:<14} {len(times):>7} {len(errors[path]):>6} {len(times) / args.seconds:>7.1f} "
+        print(f"{path[:40]:<40} {len(times):>7} {len(errors[path]):>6} {len(times) / loaded_seconds:>7.1f} "
               f"{p50:>8.1f} {p99:>8.1f}")
-    total_errors = sum(len(e) for e in errors.values())
     for path, messages in errors.items():
         if messages:
             print(f"  {path}: {messages[0]} (x{len(messages)})")
-    print(f"errors: {total_errors}")
-    print(f"training tokens/s unloaded {unloaded:,.0f}, loaded {loaded:,.0f}, ratio {loaded / unloaded:.2f}")
+    print(f"errors: {sum(len(e) for e in errors.values())}")
+    print("tokens per trainer CPU-second, loaded / unloaded: "
+          + spread([loaded.per_cpu_second / quiet.per_cpu_second for quiet, loaded in pairs]) + " (target >= 0.95)")
+    print("wall-clock tokens/s, loaded / unloaded:           "
+          + spread([loaded.per_second / quiet.per_second for quiet, loaded in pairs]))
 
 
 def load_average() -> str:

@@ -35,15 +35,15 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def latency_ms(url: str, repeats: int) -> tuple[float, int]:
-    """(median ms of `repeats` GETs of `url`, bytes of the last answer)."""
+def latency_ms(url: str, repeats: int) -> tuple[float, float, float, int]:
+    """(median, min and max ms of `repeats` GETs of `url`, bytes of the last answer)."""
     times, size = [], 0
     for _ in range(repeats):
         started = time.perf_counter()
         with urllib.request.urlopen(url, timeout=120) as r:
             size = len(r.read())
         times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), size
+    return statistics.median(times), min(times), max(times), size
 
 
 def main() -> None:
@@ -73,10 +73,12 @@ def main() -> None:
                 per_step = (time.perf_counter() - chunk_started) / args.every * 1e6
                 print(f"{i:>9,} {rss_mb():>8.1f} {len(monitor.history):>8,} {per_step:>8.1f}", flush=True)
                 chunk_started = time.perf_counter()
-        for path, repeats in (("/metrics", 50), ("/api/status", 20), ("/api/history", 10),
-                              ("/api/history?since=" + str(args.points - 100), 50), ("/export.csv", 3)):
-            ms, size = latency_ms(server.url + path, repeats)
-            print(f"GET {path:<28} median {ms:8.2f} ms  {size / 1024:9.1f} KiB")
+        overview = "/api/history?format=columns&fields=iteration,loss,timestamp,val_loss,eval_train_loss&points=2512"
+        for path, repeats in (("/metrics", 50), ("/api/status", 20), ("/", 20), ("/api/history", 10),
+                              (overview, 10), ("/api/history?since=" + str(args.points - 100), 50),
+                              ("/export.csv", 3)):
+            ms, low, high, size = latency_ms(server.url + path, repeats)
+            print(f"GET {path[:40]:<40} median {ms:8.2f} ms (range {low:.2f}..{high:.2f})  {size / 1024:9.1f} KiB")
         print(f"end: rss {rss_mb():.1f} MiB, history {len(monitor.history):,} points")
         server.close()
         monitor.close()

@@ -4,11 +4,12 @@ Runs the real trainer CLI as a subprocess, alternately with --no-metrics and
 with metrics on a free port while a client here GETs /metrics every 100 ms
 (ten times Prometheus' usual rate). Prints tokens/s of each run (the median
 of the trainer's own per-log-interval tok/s figures after warm-up), the ratio
-on/off, the trainer's CPU seconds off/on (steadier than wall time on a busy
-machine), and the /metrics latency p50/p99 and size. A benchmark, not a test:
-it asserts nothing. Usage:
+on/off of each pair and their median and spread, the same for the trainer's
+CPU seconds off/on (steadier than wall time on a busy machine), and the
+/metrics latency p50/p99 and size. A benchmark, not a test: it asserts
+nothing. Usage:
 
-    python bench/overhead.py [--pairs 3] [--max-iters 300] [--threads 1] [-- extra trainer flags]
+    python bench/overhead.py [--pairs 8] [--max-iters 300] [--threads 1] [-- extra trainer flags]
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=3, help="off/on run pairs, order alternating")
+    parser.add_argument("--pairs", type=int, default=8, help="off/on run pairs, order alternating")
     parser.add_argument("--max-iters", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20, help="log points before this iteration are ignored")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trainer")
@@ -113,17 +114,23 @@ def main() -> None:
     latencies = [x for s in scrapers for x in s.latencies]
     sizes = [x for s in scrapers for x in s.sizes]
     gzip_sizes = [x for s in scrapers for x in s.gzip_sizes]
-    ratio = statistics.median(on) / statistics.median(off)
     print(f"tokens/s median: off {statistics.median(off):,.0f}, on {statistics.median(on):,.0f}")
-    print(f"ratio on/off: {ratio:.4f} (target >= 0.99)")
+    print("ratio on/off, tokens/s:   " + spread([b / a for a, b in zip(off, on)]) + " (target >= 0.99)")
     # CPU time is steadier than wall time on a shared machine: what the exporter costs the process
-    cpu_ratio = statistics.median(cpu_off) / statistics.median(cpu_on)
-    print(f"trainer CPU seconds median: off {statistics.median(cpu_off):.2f}, on {statistics.median(cpu_on):.2f}; "
-          f"ratio off/on {cpu_ratio:.4f}")
+    print(f"trainer CPU seconds median: off {statistics.median(cpu_off):.2f}, on {statistics.median(cpu_on):.2f}")
+    print("ratio off/on, CPU seconds: " + spread([a / b for a, b in zip(cpu_off, cpu_on)]) + " (target >= 0.99)")
     if latencies:
         print(f"/metrics scrapes: {len(latencies)}, latency p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
-              f"p99 {percentile(latencies, 0.99) * 1000:.2f} ms")
+              f"p90 {percentile(latencies, 0.9) * 1000:.2f} ms, p99 {percentile(latencies, 0.99) * 1000:.2f} ms")
         print(f"/metrics size: {statistics.median(sizes):,.0f} bytes ({statistics.median(gzip_sizes):,.0f} gzipped)")
+    print(f"loadavg at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+
+def spread(ratios: list[float]) -> str:
+    """Median of per-pair ratios, their quartiles and range: the pair-to-pair spread."""
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return (f"median {statistics.median(ratios):.4f} over {len(ratios)} pairs, quartiles {q[0]:.4f}..{q[2]:.4f}, "
+            f"range {min(ratios):.4f}..{max(ratios):.4f}")
 
 
 if __name__ == "__main__":

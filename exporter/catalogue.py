@@ -145,7 +145,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("exporter_errors", "nanogpt_exporter_errors", "counter",
            "Exceptions caught inside the exporter (logged once per site, never raised into training)."),
     Metric("scrape_duration", "nanogpt_exporter_scrape_duration_seconds", "gauge",
-           "Time the exporter took to render the previous /metrics answer.", initial=0),
+           "Time the exporter took to render /metrics, the last time it did (an answer reuses the render "
+           "until a logged point or a second has passed).", initial=0),
     # Per GPU, read when scraped (nothing is added to the training step). torch.cuda: this process.
     Metric("gpu_memory_allocated", "nanogpt_gpu_memory_allocated_bytes", "gauge",
            "Device memory held by this process's tensors (torch.cuda.memory_allocated).", source="gpu"),

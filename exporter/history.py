@@ -25,11 +25,15 @@ import threading
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from operator import attrgetter
+from array import array
 from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
 
 RECENT_POINTS = 10_000  # newest points kept at full resolution
 OLDER_POINTS = 2_000  # cap on thinned older points: memory stays <= RECENT + OLDER points
 FORMATS = ("points", "columns")  # /api/history?format=: an object per point (the default), or an array per field
+MAX_OVERVIEW_POINTS = 100_000  # /api/history?points=: more than any screen has pixel columns
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,14 @@ class Point:
 
 
 COLUMNS = tuple(f.name for f in fields(Point))
+NUMBERS = ("iteration", "loss", "val_loss")  # the fields an overview reads, kept as C doubles too
 _POINT_TEMPLATE = "{" + ",".join(f'"{name}":%s' for name in COLUMNS) + "}"
 _ITERATION = attrgetter("iteration")
+
+
+def _numbers(point: Point) -> tuple[float, ...]:
+    """The NUMBERS of a point as floats, NaN for None."""
+    return tuple(math.nan if v is None else float(v) for v in (point.iteration, point.loss, point.val_loss))
 
 
 def _json_number(value) -> str:
@@ -101,6 +111,8 @@ class _Table:
     def __init__(self):
         self.points: list[Point] = []
         self.text: tuple[list[str], ...] = tuple([] for _ in COLUMNS)
+        # iteration, loss and val_loss as C doubles (NaN for None), for overviews computed with numpy
+        self.numbers: tuple[array, ...] = tuple(array("d") for _ in NUMBERS)
         self.first = 0
 
     def __len__(self) -> int:
@@ -113,6 +125,8 @@ class _Table:
         self.points.append(point)
         for column, value in zip(self.text, point.json_values):
             column.append(value)
+        for column, value in zip(self.numbers, _numbers(point)):
+            column.append(value)
 
     def pop_first(self) -> Point:
         point = self.points[self.first]
@@ -122,7 +136,7 @@ class _Table:
         return point
 
     def _compact(self) -> None:
-        for column in (self.points, *self.text):
+        for column in (self.points, *self.text, *self.numbers):
             del column[:self.first]
         self.first = 0
 
@@ -130,16 +144,19 @@ class _Table:
         """Keep every second point, the first included."""
         self.points = self.points[self.first::2]
         self.text = tuple(column[self.first::2] for column in self.text)
+        self.numbers = tuple(column[self.first::2] for column in self.numbers)
         self.first = 0
 
     def replace_last(self, point: Point) -> None:
         self.points[-1] = point
         for column, value in zip(self.text, point.json_values):
             column[-1] = value
+        for column, value in zip(self.numbers, _numbers(point)):
+            column[-1] = value
 
     def cut(self, start: int) -> None:
         """Drop the points from index `start` (>= first) on."""
-        for column in (self.points, *self.text):
+        for column in (self.points, *self.text, *self.numbers):
             del column[start:]
 
     def after(self, iteration: int) -> int:
@@ -209,12 +226,15 @@ class History:
             return self._older.points[older:] + self._recent.points[recent:]
 
     def to_json(self, run_id: str, rank: int, since: Optional[int] = None, layout: str = "points",
-                names: Optional[Sequence[str]] = None) -> bytes:
-        """The /api/history body for the points after `since`. layout "points" (the default):
-        {"run_id", "rank", "points": [{...}, ...]}; layout "columns": {"run_id", "rank",
-        "columns": [names], "<name>": [one value per point, null where missing], ...} with all
-        fields or only `names`. Both carry the same values; columns are under half the bytes and
-        parse several times faster in a browser. ValueError (one line) for a bad layout or name."""
+                names: Optional[Sequence[str]] = None, until: Optional[int] = None,
+                points: Optional[int] = None) -> bytes:
+        """The /api/history body for the points after `since` and up to `until` (inclusive).
+        layout "points" (the default): {"run_id", "rank", "points": [{...}, ...]}; layout "columns":
+        {"run_id", "rank", "columns": [names], "<name>": [one value per point, null where
+        missing], ...} with all fields or only `names`. Both carry the same values; columns are
+        under half the bytes and parse several times faster in a browser. With `points`, an
+        overview of about that many points (see overview_indices); without, every point.
+        ValueError (one line) for a bad layout, name or point count."""
         if layout not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {layout!r}")
         if names is not None and layout != "columns":
@@ -223,19 +243,36 @@ class History:
         unknown = [name for name in names if name not in COLUMNS]
         if unknown or not names:
             raise ValueError(f"fields must name some of {', '.join(COLUMNS)}, got {','.join(unknown)!r}")
-        # copy under the lock (pointer copies), join outside it: a large answer never blocks append
+        if points is not None and not 2 <= points <= MAX_OVERVIEW_POINTS:
+            raise ValueError(f"points must be 2 to {MAX_OVERVIEW_POINTS}, got {points}")
+        # copy under the lock (pointer and memcpy copies), the rest outside it: an answer never blocks append
         with self._lock:
-            older, recent = self._tail_locked(since)
-            if layout == "points":
-                points = self._older.points[older:] + self._recent.points[recent:]
-            else:
-                columns = [self._older.text[COLUMNS.index(n)][older:] + self._recent.text[COLUMNS.index(n)][recent:]
+            (o0, r0), (o1, r1) = self._tail_locked(since), self._end_locked(until)
+            o1, r1 = max(o0, o1), max(r0, r1)
+            if points is not None or layout == "points":
+                chosen = self._older.points[o0:o1] + self._recent.points[r0:r1]
+            if points is not None:
+                numbers = [np.frombuffer(a[o0:o1] + b[r0:r1], dtype=np.float64)
+                           for a, b in zip(self._older.numbers, self._recent.numbers)]
+            elif layout == "columns":
+                columns = [self._older.text[COLUMNS.index(n)][o0:o1] + self._recent.text[COLUMNS.index(n)][r0:r1]
                            for n in names]
+        if points is not None:
+            chosen = [chosen[i] for i in overview_indices(*numbers, buckets=points // 2)]
+            if layout == "columns":
+                values = [p.json_values for p in chosen]
+                columns = [[v[k] for v in values] for k in map(COLUMNS.index, names)]
         head = '{"run_id":%s,"rank":%s,' % (json.dumps(run_id), json.dumps(rank))
         if layout == "points":
-            return (head + '"points":[' + ",".join([p.json for p in points]) + "]}").encode()
+            return (head + '"points":[' + ",".join([p.json for p in chosen]) + "]}").encode()
         arrays = "".join(f',"{name}":[' + ",".join(column) + "]" for name, column in zip(names, columns))
         return (head + '"columns":' + json.dumps(list(names), separators=(",", ":")) + arrays + "}").encode()
+
+    def _end_locked(self, until: Optional[int]) -> tuple[int, int]:
+        """(end older index, end recent index) of the points up to `until` (inclusive)."""
+        if until is None:
+            return len(self._older.points), len(self._recent.points)
+        return self._older.after(until), self._recent.after(until)
 
     def last(self) -> Optional[Point]:
         with self._lock:
@@ -244,6 +281,43 @@ class History:
     def __len__(self) -> int:
         with self._lock:
             return len(self._older) + len(self._recent)
+
+
+def overview_indices(iterations: np.ndarray, loss: np.ndarray, val_loss: np.ndarray, buckets: int) -> list[int]:
+    """Which of these points (iteration order) an overview `buckets` wide keeps: all of them when
+    there are at most two per bucket; else the first and the last, and in each bucket (an equal
+    span of iterations, like a pixel column) the points with the lowest and the highest loss and
+    val_loss and the first non-finite loss, so spikes, evaluations and NaN gaps stay visible.
+    O(n) in numpy: 100k points in a few milliseconds."""
+    n = len(iterations)
+    if n <= 2 * buckets:
+        return list(range(n))
+    span = iterations[-1] - iterations[0] + 1
+    bucket = ((iterations - iterations[0]) * buckets // span).astype(np.int64)  # nondecreasing
+    keep = [np.array([0, n - 1])]
+    for values in (loss, val_loss):
+        at = np.flatnonzero(np.isfinite(values))  # val_loss: only the evaluations
+        if len(at):
+            keep += _extremes(at, values[at], bucket[at])
+    nonfinite = np.flatnonzero(~np.isfinite(loss))
+    keep.append(nonfinite[_run_starts(bucket[nonfinite])])
+    return np.unique(np.concatenate(keep)).tolist()
+
+
+def _run_starts(bucket: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of a nondecreasing array starts."""
+    return np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else bucket
+
+
+def _extremes(at: np.ndarray, values: np.ndarray, bucket: np.ndarray) -> list[np.ndarray]:
+    """The indices (taken from `at`) of the first lowest and the first highest value of each bucket."""
+    starts = _run_starts(bucket)
+    counts = np.diff(np.r_[starts, len(values)])
+    found = []
+    for reduce in (np.minimum, np.maximum):
+        hits = np.flatnonzero(values == np.repeat(reduce.reduceat(values, starts), counts))
+        found.append(at[hits[_run_starts(bucket[hits])]])
+    return found
 
 
 def csv_lines(points: Iterable[Point]) -> Iterator[str]:

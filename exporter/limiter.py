@@ -1,16 +1,19 @@
 """A duty-cycle limit on the CPU the HTTP server may take from the training process.
 
-Every piece of request work (rendering /metrics, building a JSON body, a CSV
-chunk, an SSE event) takes a turn: turns run one at a time, first come first
-served, and after a turn that used t seconds of thread CPU the next may start
-only t * (1/ratio - 1) seconds later. So however many clients arrive, the
-server's work stays at most `ratio` of one core: clients wait longer instead
-of training slowing. Waiting is a Condition wait or a sleep (the GIL is free
-for the trainer meanwhile).
+Every piece of request work (a body, a CSV chunk, an SSE batch) takes a turn:
+turns run one at a time, first come first served, and after t seconds of
+server CPU the next turn may start only t * (1/ratio - 1) seconds later (an
+idle server first grants a burst of BURST_SECONDS of CPU unpaced). So
+however many clients arrive, the server's CPU stays at most `ratio` of one
+core: clients wait longer instead of training slowing. Waiting is a Condition
+wait or a sleep (the GIL is free for the trainer meanwhile).
 
-Deliberately not here: socket writes. They happen outside a turn (a slow
-client must not hold everyone's turn for its socket timeout); their CPU is
-charged afterwards with `charge()`, so it still pushes the next turn back.
+What a turn charges is all the CPU its thread used since the thread's last
+charge (or its `mark()`, where a request starts): with bodies made once per
+change (exporter.views), a request's cost is mostly reading its head and
+writing its answer, and those count too. Socket writes happen outside a turn
+(a slow client must not hold everyone's turn for its socket timeout); their
+CPU is charged by the thread's next turn or its final `charge_thread()`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-DEFAULT_MAX_BUSY_RATIO = 0.2  # the server may use at most a fifth of one core
+# the server may use at most 5 % of one core: under a storm of clients training keeps >= 95 % of
+# its tokens per CPU-second (bench/load.py); alone, a scrape's or a page's few ms wait a few more
+DEFAULT_MAX_BUSY_RATIO = 0.05
+# CPU seconds an idle server may spend before pacing starts: a page load (its HTML, the history's
+# overview, status, model) or a scrape goes through at once; a sustained storm is paced as before
+BURST_SECONDS = 0.05
 
 
 class DutyLimiter:
@@ -32,56 +40,74 @@ class DutyLimiter:
         self.max_busy_ratio = max_busy_ratio
         self.stop = stop or threading.Event()  # once set (the server closing), nobody waits any more
         self._cooldown_per_busy = 1.0 / max_busy_ratio - 1.0  # seconds idle per second of work
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._next_ticket = 0  # FIFO tickets: a plain Lock is not fair and could starve one client
         self._serving = 0
-        self._next_start = time.monotonic()  # monotonic seconds before which no turn starts
+        # ticket -> the Event its thread sleeps on: a turn's end wakes the next ticket only (waking
+        # all of a thousand waiters for each turn cost more CPU than the turns themselves)
+        self._waiting: dict[int, threading.Event] = {}
+        self._next_start = 0.0  # monotonic seconds before which no turn starts
         self.busy_seconds = 0.0  # thread CPU seconds of all turns and charges so far
         self.turns = 0
+        self._local = threading.local()  # per thread: the thread_time() its next charge counts from
+
+    def mark(self) -> None:
+        """Count this thread's CPU from now on (where a request starts: reading its head counts too)."""
+        self._local.mark = time.thread_time()
+
+    def charge_thread(self) -> None:
+        """Charge this thread's CPU since its mark or last charge (a request's end, after its writes)."""
+        now = time.thread_time()
+        mark = getattr(self._local, "mark", now)
+        self._local.mark = now
+        if self.max_busy_ratio < 1.0:
+            self.charge(now - mark)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """Wait for this thread's turn and the cool-down, run the block, charge its thread CPU time."""
+        """Wait for this thread's turn and the cool-down, run the block, charge the thread's CPU
+        since its mark or last charge (since the block's start when it has neither)."""
         if self.max_busy_ratio >= 1.0 or self.stop.is_set():
             yield  # unlimited, or shutting down: close() must not wait behind a queue
             return
-        with self._cond:
+        with self._lock:
             ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
-            while self._serving != ticket and not self.stop.is_set():
-                self._cond.wait()
+            called = self._waiting[ticket] = threading.Event()
+            if self._serving == ticket:
+                called.set()
         try:
-            # our turn: the others stay parked in _cond.wait; a charge meanwhile pushes the start back
+            called.wait()  # set when the ticket before ours is done, or by wake()
+            # our turn: the others stay parked on their events; a charge meanwhile pushes the start back
             while (delay := self._next_start - time.monotonic()) > 0 and not self.stop.is_set():
                 self.stop.wait(delay)
-            started = time.thread_time()
+            if not hasattr(self._local, "mark"):
+                self.mark()
             try:
                 yield
             finally:
-                self.charge(time.thread_time() - started)
+                self.charge_thread()
         finally:
-            with self._cond:
+            with self._lock:
+                del self._waiting[ticket]
                 self._serving += 1
                 self.turns += 1
-                self._cond.notify_all()
+                following = self._waiting.get(self._serving)
+            if following is not None:
+                following.set()
 
     def charge(self, seconds: float) -> None:
         """Count `seconds` of server CPU done outside a turn (a socket write): delays the next turn."""
         seconds = max(0.0, seconds)
-        with self._cond:
+        with self._lock:
             self.busy_seconds += seconds
-            self._next_start = max(self._next_start, time.monotonic()) + seconds * self._cooldown_per_busy
-
-    @contextmanager
-    def charged(self) -> Iterator[None]:
-        """Run the block now (no turn) and charge its thread CPU time."""
-        started = time.thread_time()
-        try:
-            yield
-        finally:
-            if self.max_busy_ratio < 1.0:
-                self.charge(time.thread_time() - started)
+            # the start may lag behind now by a burst's cool-down: that much CPU passes unpaced
+            now = time.monotonic()
+            self._next_start = (max(self._next_start, now - BURST_SECONDS * self._cooldown_per_busy)
+                                + seconds * self._cooldown_per_busy)
 
     def wake(self) -> None:
         """Wake every waiting turn (call after setting `stop`)."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            waiting = list(self._waiting.values())
+        for called in waiting:
+            called.set()

@@ -7,25 +7,21 @@ turn, so a slow reader never holds anyone else's turn. Nothing maps a request
 path to a file.
 
 Deliberately not here: the listener, its threads and shutdown (exporter.server),
-the event stream's loop (exporter.stream), the page's HTML (exporter.page),
-computing figures (exporter.monitor, exporter.status).
+the event stream's loop (exporter.stream), making the bodies (exporter.views,
+once per change), computing figures (exporter.monitor, exporter.status).
 """
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import re
 import socket
-import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Iterable, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client.exposition import choose_encoder, gzip_accepted
-
-from . import page, stream
-from .views import json_bytes, model_json, status_json
+from . import stream
+from .views import json_bytes
 
 REQUEST_TIMEOUT_SECONDS = 10.0  # per socket read/write: a client this slow is dropped
 
@@ -46,11 +42,11 @@ class BadRequest(ValueError):
 
 
 def cursor_param(value: Optional[str], name: str) -> Optional[int]:
-    """A non-negative iteration from a query parameter or header, None when absent."""
+    """A non-negative integer (an iteration, a count) from a query parameter or header, None when absent."""
     if value is None or value == "":
         return None
     if not re.fullmatch(r"[0-9]{1,18}", value.strip()):  # ASCII digits only: \d also takes "١٢"
-        raise BadRequest(f"{name} must be a non-negative integer iteration, got {value!r}")
+        raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -66,12 +62,16 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: streams and CSV end by closing
 
     def setup(self) -> None:
+        self.owner.limiter.mark()  # the limiter charges all of a request's CPU, its head included
         super().setup()
         self.owner.head_started(self.connection)  # until parse_request ends, under the head deadline
 
     def finish(self) -> None:
         self.owner.head_done(self.connection)
-        super().finish()
+        try:
+            super().finish()
+        finally:
+            self.owner.limiter.charge_thread()  # what the request cost after its last turn (the writes)
 
     def parse_request(self) -> bool:
         """http.server's request parsing, then basic auth (when configured) for every method."""
@@ -136,8 +136,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            with self.owner.limiter.charged():  # outside a turn: a slow reader must not hold everyone's
-                self.wfile.write(body)
+            self.wfile.write(body)  # outside a turn: a slow reader must not hold everyone's
 
     def _send_lines(self, lines: Iterable[str], content_type: str, headers: dict) -> None:
         """Stream text without holding it all: no Content-Length, the connection close ends it."""
@@ -146,56 +145,50 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        lines, limiter, more = iter(lines), self.owner.limiter, True
+        lines, more = iter(lines), True
         while more:
             with self.owner.limiter.turn():  # one turn per chunk: a long export yields to scrapes in between
                 chunk = list(itertools.islice(lines, 512))
                 data, more = "".join(chunk).encode(), len(chunk) == 512
-            with limiter.charged():
-                self.wfile.write(data)
+            self.wfile.write(data)  # charged with the next turn
 
     # --- routes ----------------------------------------------------------------------------------
 
     def route_metrics(self, query: dict) -> None:
         """Prometheus exposition as prometheus_client negotiates it (OpenMetrics, gzip, name[] filter)."""
         with self.owner.limiter.turn():
-            started = time.perf_counter()
-            encoder, content_type = choose_encoder(self.headers.get("Accept"))
-            registry = self.monitor.registry
-            if "name[]" in query:
-                registry = registry.restricted_registry(query["name[]"])
-            output = encoder(registry)
-            headers = {}
-            if gzip_accepted(self.headers.get("Accept-Encoding")):
-                output = gzip.compress(output)
-                headers["Content-Encoding"] = "gzip"
-            self.monitor.metrics.scrape_duration.set(time.perf_counter() - started)
-        self._send(200, output, content_type, headers)
+            body, content_type, headers = self.owner.views.metrics(
+                self.headers.get("Accept"), self.headers.get("Accept-Encoding"), query.get("name[]"))
+        self._send(200, body, content_type, headers)
 
     def route_healthz(self, query: dict) -> None:  # no turn: a liveness probe must answer at once
         self._send(200, b"ok\n", "text/plain; charset=utf-8")
 
     def route_status(self, query: dict) -> None:
         with self.owner.limiter.turn():
-            body = status_json(self.monitor)
+            body = self.owner.views.status()
         self._send(200, body, "application/json")
 
     def route_history(self, query: dict) -> None:
-        """?since=ITER for the tail; ?format=columns (with ?fields=a,b) for an array per field."""
+        """?since=ITER / ?until=ITER for a range; ?format=columns (with ?fields=a,b) for an array per
+        field; ?points=N for an overview of about N points (exporter.history.overview_indices)."""
         since = cursor_param(query.get("since", [None])[-1], "since")
+        until = cursor_param(query.get("until", [None])[-1], "until")
+        points = cursor_param(query.get("points", [None])[-1], "points")
         fields = query.get("fields", [None])[-1]
         try:
             with self.owner.limiter.turn():
                 body = self.monitor.history.to_json(self.monitor.run_id, self.monitor.rank, since,
                                                     layout=query.get("format", ["points"])[-1],
-                                                    names=None if fields is None else fields.split(","))
+                                                    names=None if fields is None else fields.split(","),
+                                                    until=until, points=points)
         except ValueError as e:  # a bad format or field name: the client's to fix
             raise BadRequest(str(e)) from None
         self._send(200, body, "application/json")
 
     def route_model(self, query: dict) -> None:
         with self.owner.limiter.turn():
-            body = model_json(self.monitor)
+            body = self.owner.views.model()
         self._send(200, body, "application/json")
 
     def route_export_csv(self, query: dict) -> None:
@@ -205,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_page(self, query: dict) -> None:
         with self.owner.limiter.turn():
-            body, headers = page.render(self.monitor)  # headers: the page's CSP, nosniff
+            body, headers = self.owner.views.page()  # headers: the page's CSP, nosniff
         self._send(200, body, "text/html; charset=utf-8", headers)
 
     def route_stream(self, query: dict) -> None:

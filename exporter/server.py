@@ -5,13 +5,14 @@ connection, a socket timeout on every connection (a slow or stuck client gets
 dropped and never blocks /metrics or training), a deadline for each request's
 head, and `close()` that stops the listener and ends open event streams.
 Request work takes turns under a duty-cycle limit (exporter.limiter, `max_busy_ratio`,
-default 0.2 of one core), so a storm of clients waits instead of slowing training;
-/healthz is exempt.
+default 0.05 of one core), so a storm of clients waits instead of slowing training;
+/healthz is exempt. The bodies are made once per change (exporter.views), so most
+answers cost little more than reading the request and writing the bytes.
 
 Basic auth and TLS, when a web config is given (exporter.webconfig), cover
 every route. Deliberately not here: the routes and how each request is answered
-(exporter.routes, exporter.stream), metric definitions (exporter.metrics), the
-page's HTML (exporter.page).
+(exporter.routes, exporter.stream), making the bodies (exporter.views), metric
+definitions (exporter.metrics), the page's HTML (exporter.page).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Optional
 
 from .limiter import DEFAULT_MAX_BUSY_RATIO, DutyLimiter
 from .routes import REQUEST_TIMEOUT_SECONDS, Handler
+from .views import MAX_AGE_SECONDS, Views
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,10 @@ class MetricsServer:
 
     def __init__(self, monitor: Any, host: str = "127.0.0.1", port: int = 0,
                  keepalive_seconds: float = KEEPALIVE_SECONDS, request_timeout: float = REQUEST_TIMEOUT_SECONDS,
-                 web_config: Optional[WebConfig] = None, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO):
+                 web_config: Optional[WebConfig] = None, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO,
+                 max_age: float = MAX_AGE_SECONDS):
         self.monitor, self.keepalive_seconds = monitor, keepalive_seconds
+        self.views = Views(monitor, max_age)  # the bodies, made once per change (see exporter.views)
         web_config = web_config or WebConfig()
         self.scheme = web_config.scheme
         self.auth = BasicAuth(web_config.users) if web_config.users else None

@@ -6,16 +6,15 @@ starts with the points logged from now on. It sleeps on the monitor's change
 notification between news, sends a comment every `keepalive_seconds` so
 proxies keep an idle stream open, and ends when the server closes.
 
-Deliberately not here: parsing the request (exporter.routes), a point's JSON
-text (made once per point by exporter.history), the status figures
-(exporter.status).
+Deliberately not here: parsing the request (exporter.routes), the events'
+and the status's bytes (made once per change by exporter.views, shared by all
+streams), the status figures (exporter.status).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from .views import status_json
 
 SSE_RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects
 
@@ -33,22 +32,20 @@ def serve(handler: Any, cursor: Optional[int]) -> None:
     handler.send_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer the stream
     handler.end_headers()
     handler.wfile.write(f"retry: {SSE_RETRY_MILLISECONDS}\n\n".encode())
-    sent_status, limiter = None, owner.limiter
+    sent_status, sent_generation, limiter, views = None, None, owner.limiter, owner.views
     with owner.track_stream():
         while not owner.closing.is_set():
             generation = monitor.generation  # read before the data: a change after it wakes us
-            events = []
-            with limiter.turn():  # a turn per wake-up with news; an idle stream holds none
-                for point in monitor.history.since(cursor):
-                    events.append(f"id: {point.iteration}\nevent: point\ndata: {point.json}\n\n")
-                    cursor = point.iteration
-                if monitor.status_version != sent_status:
-                    sent_status = monitor.status_version
-                    events.append(f"event: status\ndata: {status_json(monitor).decode()}\n\n")
-                data = "".join(events).encode()
-            if events:
-                with limiter.charged():
-                    handler.wfile.write(data)
+            if generation != sent_generation:  # news (or the first round): a turn to gather it
+                with limiter.turn():
+                    data, cursor = views.events_after(cursor)
+                    if monitor.status_version != sent_status:
+                        sent_status = monitor.status_version
+                        data += b"event: status\ndata: " + views.status() + b"\n\n"
+                sent_generation = generation
+                if data:
+                    handler.wfile.write(data)  # charged with the next turn
             if monitor.wait_for_change(generation, owner.keepalive_seconds, owner.closing) == generation:
                 if not owner.closing.is_set():
                     handler.wfile.write(b": keepalive\n\n")
+                limiter.mark()  # an idle stream's wake-ups and keepalives are upkeep, not request work

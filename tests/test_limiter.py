@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from exporter import TrainingMonitor
-from exporter.limiter import DutyLimiter
+from exporter.limiter import BURST_SECONDS, DutyLimiter
 
 RATIO = 0.2
 TOLERANCE = 0.08  # a window edge can hold one turn whose cool-down lies past the window's end
@@ -44,8 +44,9 @@ def busy_share(limiter: DutyLimiter, clients: int, seconds: float) -> tuple[floa
 
 def test_a_burst_of_clients_gets_at_most_the_ratio_of_one_core():
     accounted, measured = busy_share(DutyLimiter(RATIO), clients=8, seconds=1.5)
-    assert accounted <= RATIO + TOLERANCE
-    assert measured <= RATIO + TOLERANCE  # independent of the limiter's accounting: the threads' own CPU clocks
+    allowed = RATIO + BURST_SECONDS / 1.5 + TOLERANCE  # from idle, one burst goes unpaced
+    assert accounted <= allowed
+    assert measured <= allowed  # independent of the limiter's accounting: the threads' own CPU clocks
 
 
 def test_without_a_limit_the_same_burst_takes_far_more():
@@ -61,6 +62,55 @@ def test_work_charged_outside_a_turn_delays_the_next_turn():
     with limiter.turn():
         pass
     assert time.monotonic() - started >= 0.15
+
+
+def test_a_turn_charges_all_its_threads_cpu_since_the_mark_where_its_request_began():
+    limiter = DutyLimiter(0.5)
+    limiter.mark()
+    spin(0.05)  # e.g. reading and parsing the request's head, before its turn
+    with limiter.turn():
+        pass
+    assert limiter.busy_seconds >= 0.05
+    spin(0.02)  # e.g. writing the answer, after the turn
+    limiter.charge_thread()
+    assert limiter.busy_seconds >= 0.07
+
+
+def test_queued_turns_run_one_at_a_time_in_arrival_order():
+    limiter, order, inside = DutyLimiter(0.5), [], []
+    limiter.charge(0.3)  # the first turn waits, so the others queue behind it
+    gate = threading.Barrier(2)
+
+    def work(k):
+        if k == 0:
+            gate.wait()
+        with limiter.turn():
+            inside.append(k)
+            assert len(inside) == 1  # nobody else inside meanwhile
+            order.append(k)
+            inside.pop()
+
+    threads = [threading.Thread(target=work, args=(0,))]
+    threads[0].start()
+    gate.wait()
+    while limiter._next_ticket < 1:
+        time.sleep(0.001)
+    for k in range(1, 6):
+        threads.append(threading.Thread(target=work, args=(k,)))
+        threads[-1].start()
+        while limiter._next_ticket < k + 1:  # each takes its ticket before the next starts
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 1, 2, 3, 4, 5]
+
+
+def test_an_idle_limiter_grants_a_short_burst_before_pacing():
+    limiter = DutyLimiter(0.05)
+    limiter.charge(BURST_SECONDS / 2)  # within the burst (a page load): the next turn may start at once
+    assert limiter._next_start <= time.monotonic()
+    limiter.charge(BURST_SECONDS / 2 + 0.01)  # past it: 0.01 s of CPU over the burst buys 0.19 s of cool-down
+    assert limiter._next_start > time.monotonic() + 0.1
 
 
 def test_setting_stop_releases_waiting_turns_at_once():
@@ -135,4 +185,4 @@ def test_the_server_limits_a_storm_of_heavy_requests():
         wall = time.monotonic() - started
         assert errors == []
         assert server.limiter.turns > 0
-        assert server.limiter.busy_seconds / wall <= RATIO + TOLERANCE
+        assert server.limiter.busy_seconds / wall <= RATIO + BURST_SECONDS / wall + TOLERANCE

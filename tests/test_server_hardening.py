@@ -227,7 +227,17 @@ def disconnect_mid_answer(server, target: str, clients: int, batch: int = 50) ->
 
 
 @pytest.mark.parametrize("target", ["/api/stream", "/export.csv"])
-def test_a_thousand_clients_leaving_mid_answer_leak_no_threads_or_memory(server, monitor, target):
+def test_a_thousand_clients_leaving_mid_answer_leak_no_threads_or_memory(monitor, target):
+    # paced at 0.2 of a core rather than the default 0.05 (which would take ~20 s for 1,000 CSV
+    # downloads): the same limiter path, and the leak, not the pacing, is what this test is about
+    server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.2, request_timeout=2.0, max_busy_ratio=0.2)
+    try:
+        leave_mid_answer(server, monitor, target)
+    finally:
+        server.close()
+
+
+def leave_mid_answer(server, monitor, target: str) -> None:
     for i in range(6, 406):  # ~40 KB of CSV: more than the socket buffers between server and client hold
         monitor.log(iteration=i, loss=3.0, lr=1e-3, step_seconds=0.01, tokens_per_second=25600.0)
     threads = proc_status("Threads")

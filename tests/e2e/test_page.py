@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import signal
 import struct
@@ -183,6 +184,34 @@ def test_drag_zooms_into_a_range_and_reset_shows_everything(monitor, server, pag
     page.get_by_test_id("zoom-reset").click()
     page.wait_for_function("() => __nanogpt.view().x1 === 490")
     assert hook(page, "view().x0") == 0
+
+
+def test_a_long_history_opens_as_an_overview_and_a_zoom_loads_its_range_in_full(monitor, server, page_factory):
+    feed(monitor, 30_000)  # 3,000 logged points: more than two per pixel column of this chart
+    monitor.log(iteration=30_000, loss=9.0, timestamp=1_700_030_000.0)  # a spike the overview must keep
+    feed(monitor, 30_000, start=30_010)
+    page, _ = page_factory(viewport={"width": 800, "height": 900})
+    open_page(page, server.url, 1)
+    held = hook(page, "iterations()")
+    assert len(held) < 3_000 and held[0] == 0 and held[-1] == 60_000  # an overview of 6,001, its ends exact
+    assert 30_000 in held and max(hook(page, "losses()")) == 9.0
+    assert hook(page, "evals()") == 1_200  # every eval, though the loss was thinned
+
+    box = page.get_by_test_id("chart").bounding_box()
+    x0, x1 = hook(page, "view().x0"), hook(page, "view().x1")
+    x_of = lambda it: box["x"] + 52 + (it - x0) / (x1 - x0) * (box["width"] - 64)  # noqa: E731 (PAD in index.html)
+    page.mouse.move(x_of(29_000), box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(x_of(31_000), box["y"] + 100, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => __nanogpt.view().x1 < 40000")
+    lo, hi = math.ceil(hook(page, "view().x0")), math.floor(hook(page, "view().x1"))
+    served = [p["iteration"] for p in http_json(f"{server.url}/api/history?since={lo - 1}&until={hi}")["points"]]
+    assert len(served) > 150
+    in_range = lambda: [it for it in hook(page, "iterations()") if lo <= it <= hi]  # noqa: E731
+    wait_until(lambda: in_range() == served, timeout=10, what="every logged point of the zoomed range")
+    page.get_by_test_id("zoom-reset").click()
+    page.wait_for_function("() => __nanogpt.view().x1 === 60000")
 
 
 def test_csv_download_matches_the_history(monitor, server, page_factory):
