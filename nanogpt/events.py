@@ -9,8 +9,11 @@ exporter in. Field names match the keyword arguments of
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,22 @@ class Observer:
     def on_checkpoint_failed(self, event: CheckpointFailed) -> None: ...
 
     def on_run_end(self, event: RunEnd) -> None: ...
+
+
+class SafeObserver:
+    """How the loop calls its observer: `notify("on_log", event)`. An exception is logged once per
+    method and never stops training (nor does a missing observer: then nothing is called)."""
+
+    def __init__(self, observer: Observer | None):
+        self._observer = observer
+        self._failed: set[str] = set()
+
+    def __call__(self, method: str, event: object) -> None:
+        if self._observer is None:
+            return
+        try:
+            getattr(self._observer, method)(event)
+        except Exception:
+            if method not in self._failed:
+                self._failed.add(method)
+                _log.exception("observer.%s raised; training goes on (further errors from it are not logged)", method)

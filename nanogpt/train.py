@@ -16,6 +16,7 @@ import hashlib
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,24 +106,6 @@ def estimate_loss(
     return out
 
 
-class _SafeObserver:
-    """Calls the observer; an exception is logged once per method and never stops training."""
-
-    def __init__(self, observer: events.Observer | None):
-        self._observer = observer
-        self._failed: set[str] = set()
-
-    def __call__(self, method: str, event: object) -> None:
-        if self._observer is None:
-            return
-        try:
-            getattr(self._observer, method)(event)
-        except Exception:
-            if method not in self._failed:
-                self._failed.add(method)
-                log.exception("observer.%s raised; training goes on (further errors from it are not logged)", method)
-
-
 def _param_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
@@ -147,7 +130,7 @@ def _checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_
             "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg.to_dict(), "vocab": list(vocab)}
 
 
-def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: _SafeObserver) -> bool:
+def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: events.SafeObserver) -> bool:
     """Save a checkpoint; a failed save is logged and reported, and training goes on."""
     path = Path(cfg.out_dir) / CKPT_NAME
     log.info("saving checkpoint to %s", path)  # as nanoGPT prints it; a save can take a while
@@ -179,7 +162,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     """
     cfg = config
     validate(cfg)
-    notify = _SafeObserver(observer)
+    notify = events.SafeObserver(observer)
     run_id = cfg.run_id or generate_run_id()
     ddp = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
@@ -346,3 +329,8 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     return TrainResult(run_id=run_id, state=state, reason=reason, iteration=last_iter, iterations_run=local_iter,
                        last_loss=lossf, best_val_loss=best_val_loss, checkpoint_errors=checkpoint_errors,
                        param_digest=_param_digest(raw_model), stopped=stopped)  # fmt: skip
+
+
+if __name__ == "__main__":  # nanoGPT's habit; here the loop is a function and the entry point is nanogpt.cli
+    print("error: run `python -m nanogpt` or `nanogpt-train`", file=sys.stderr)
+    raise SystemExit(2)

@@ -8,6 +8,8 @@ Every import counts: at module level, inside functions, under `if TYPE_CHECKING:
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,5 +125,13 @@ def test_one_entry_point_for_training():
     assert 'nanogpt-train = "nanogpt.cli:main"' in pyproject
     main_blocks = {name for name, path in modules().items()
                    if name.startswith("nanogpt.") and '__name__ == "__main__"' in path.read_text()}
-    assert main_blocks <= {"nanogpt.__main__", "nanogpt.cli", "nanogpt.sample"}  # sampling is its own command
+    # sampling is its own command; nanogpt.train's block only points to the entry point (next test)
+    assert main_blocks <= {"nanogpt.__main__", "nanogpt.cli", "nanogpt.sample", "nanogpt.train"}
     assert "from nanogpt.cli import main" in (REPO / "nanogpt" / "__main__.py").read_text()
+
+
+def test_python_m_nanogpt_train_trains_nothing_and_names_the_entry_point():
+    result = subprocess.run([sys.executable, "-m", "nanogpt.train", "--max_iters=1"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: run `python -m nanogpt` or `nanogpt-train`"

@@ -78,7 +78,7 @@ def trainer(nnodes: int, nproc_per_node: int, gpus: bool) -> list[dict]:
            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}}
     args = [f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--node_rank=$(NODE_RANK)",
             "--rdzv_backend=c10d", f"--rdzv_endpoint={NAME}-0.{NAME}:{RENDEZVOUS_PORT}", "--rdzv_id=$(RUN_ID)",
-            "--max_restarts=0", "-m", "nanogpt.train",
+            "--max_restarts=0", "-m", "nanogpt",
             "--run-id=$(RUN_ID)", "--out_dir=/out/$(RUN_ID)",
             "--metrics-host=0.0.0.0", f"--metrics-port={METRICS_PORT}", "--metrics-linger=120",
             # counts micro-steps over all ranks, so a multiple of the world size

@@ -31,7 +31,7 @@ KUBERNETES_HOSTS = ("gpu-node-a", "gpu-node-b")  # what __meta_kubernetes_pod_no
 
 
 def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *args, "-m", "nanogpt.train"]
+    return [sys.executable, "-m", "torch.distributed.run", *args, "-m", "nanogpt"]
 
 
 @pytest.fixture(scope="module")
