@@ -1,6 +1,6 @@
 """The live page in Debian's firefox-esr: the checks of test_page.py that a second engine can
-disagree on (the chart drawing live, the SVG model diagram, the phone layout, a clean console
-under the CSP), during a real training.
+disagree on (the chart drawing live, the server-rendered module tree opened from the keyboard, the
+phone layout, a clean console under the CSP), during a real training.
 
 Playwright drives only its own patched Firefox, so tests/firefox/page_check.mjs drives the stock
 one with puppeteer-core over WebDriver BiDi and prints what it saw as JSON; the asserts are here.
@@ -39,8 +39,6 @@ def firefox(tmp_path_factory):
     trainer = Trainer(workdir, "--max_iters=20000", "--log_interval=5", "--eval_interval=50", "--eval_iters=2")
     check = None
     try:
-        # A page opened before the trainer has described its model draws no diagram (it does not ask again).
-        wait_until(lambda: http_json(trainer.base_url + "/api/model")["layers"], timeout=60, what="the model")
         check = Process([node, str(CHECK), trainer.base_url, str(profile), firefox_esr], workdir / "firefox.log",
                         env={**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1"}, cwd=REPO)
         rc = check.wait(timeout=240)
@@ -49,7 +47,7 @@ def firefox(tmp_path_factory):
         seen = json.loads(results[-1])
         assert rc == 0 and "error" not in seen, f"page_check.mjs failed (exit {rc}): {seen.get('error')}"
         served = {"history": http_json(trainer.base_url + "/api/history")["points"],
-                  "model": http_json(trainer.base_url + "/api/model")["layers"]}
+                  "model": http_json(trainer.base_url + "/api/model")}
         yield seen, served
     finally:
         if check:
@@ -74,16 +72,45 @@ def test_chart_draws_and_updates_live_in_firefox(firefox):
     assert chart["ink"] > 0.01 * chart["canvas"]["width"] * chart["canvas"]["height"]  # pixels really drawn
 
 
-def test_model_diagram_renders_and_answers_click_and_keyboard_in_firefox(firefox):
+def modules(node: dict) -> list[dict]:
+    """A served module tree, depth first, as the page lists its rows."""
+    return [node] + [m for child in node.get("children") or [] for m in modules(child)]
+
+
+def row_id(node: dict) -> str:
+    """The data-testid of a module's row on the page (exporter/page.py names them so)."""
+    return "module-" + (node["name"].replace(".", "-") if node.get("name") else "root")
+
+
+def test_module_tree_renders_from_the_server_in_firefox(firefox):
     seen, served = firefox
-    diagram, layers = seen["diagram"], served["model"]
-    assert diagram["width"] > 100 and diagram["height"] > 100
-    blocks = [layer for layer in layers if layer["kind"] == "block"]
-    assert diagram["parts"] == len(layers) + sum(len(b["children"]) for b in blocks)  # a box per part
-    assert diagram["clicked"] == f"{blocks[0]['parameters']:,} parameters"
-    attention = blocks[0]["children"][1]
-    assert diagram["keyed"] == f"{attention['parameters']:,} parameters"
-    assert "2 heads of size 16" in diagram["keyedDetail"]
+    tree, config = seen["tree"], served["model"]["model_config"]
+    served_modules = modules(served["model"]["tree"])
+    rows = {row["testid"]: row for row in tree["rows"]}
+    assert list(rows) == [row_id(m) for m in served_modules]  # a row per module, in order
+    blocks = [m for m in served_modules if m["kind"] == "block"]
+    assert len(blocks) == config["n_layer"]
+    for block in blocks:
+        assert f"{block['parameters']:,} params" in rows[row_id(block)]["label"]
+    attention = [m for m in served_modules if m["kind"] == "attention"]
+    assert len(attention) == config["n_layer"]
+    for attn in attention:
+        assert attn["heads"] == config["n_head"]
+        assert f"{attn['heads']} heads \u00d7 {attn['head_size']}" in rows[row_id(attn)]["label"]
+    assert tree["summary"].startswith(f"{served['model']['tree']['type']} \u00b7 {config['n_layer']} layers")
+
+
+def test_a_block_opens_and_closes_from_the_keyboard_in_firefox(firefox):
+    seen, served = firefox
+    keyboard = seen["tree"]["keyboard"]
+    assert keyboard, "the page shows fewer than two blocks"
+    second = [m for m in modules(served["model"]["tree"]) if m["kind"] == "block"][1]
+    attention = next(c for c in second["children"] if c["kind"] == "attention")
+    assert keyboard["block"] == row_id(second)
+    assert keyboard["closedAtFirst"]  # blocks after the first start closed
+    assert keyboard["focused"], f"Tab never reached {row_id(second)}'s summary in {keyboard['tabs']} presses"
+    assert keyboard["opened"] and f"{attention['heads']} heads \u00d7 {attention['head_size']}" in keyboard["openedText"]
+    assert keyboard["closedAgain"]
 
 
 def test_phone_width_has_no_horizontal_overflow_in_firefox(firefox):

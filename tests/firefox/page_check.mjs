@@ -4,8 +4,8 @@
 //   node tests/firefox/page_check.mjs URL PROFILE_DIR [FIREFOX]
 //
 // Opens URL (a trainer's live page, training), watches the chart draw and update, reads the
-// canvas pixels, clicks and keys the model diagram, narrows to a phone width, and prints one JSON
-// object of what it saw on stdout. It asserts nothing: tests/e2e/test_page_firefox.py does.
+// canvas pixels, reads the module tree and opens and closes a block from the keyboard, narrows to
+// a phone width, and prints one JSON object of what it saw on stdout. It asserts nothing: tests/e2e/test_page_firefox.py does.
 // PROFILE_DIR (empty, made by the caller) holds Firefox's profile and HOME, so nothing is written
 // elsewhere. Exit 1 with {"error": ...} when the page never got that far.
 import puppeteer from "puppeteer-core";
@@ -57,17 +57,36 @@ async function check(browser) {
     ink: await page.$eval("[data-testid=chart]", inkPixels),
   };
 
-  await page.waitForSelector("[data-testid=model-diagram] [data-testid=part-block0]", { timeout: WAIT_MS });
-  const box = await (await page.$("[data-testid=model-diagram]")).boundingBox();
-  await page.click("[data-testid=part-block0]");
-  const clicked = await text(page, "part-parameters");
-  await page.$eval("[data-testid=part-block0-attn]", (g) => g.focus());  // an SVG <g>: page.focus wants HTML
-  await page.keyboard.press("Enter");
-  const diagram = {
-    width: box.width, height: box.height,
-    parts: await page.$$eval("[data-testid=model-diagram] .part", (parts) => parts.length),
-    clicked, keyed: await text(page, "part-parameters"), keyedDetail: await text(page, "part-detail"),
-  };
+  // The module tree, server-rendered (or taken from a fresh copy of the page if the run had not
+  // described its model yet): every row, then the second block opened and closed from the keyboard.
+  await page.waitForSelector("[data-testid=module-root]", { timeout: WAIT_MS });
+  const rows = await page.$$eval("[data-testid^=module-]", (items) => items.map((li) => ({
+    testid: li.dataset.testid, kind: li.dataset.kind,
+    label: li.querySelector(":scope > details > summary, :scope > .leaf").textContent,
+  })));
+  const blocks = rows.filter((r) => r.kind === "block").map((r) => r.testid);
+  const tree = { rows, summary: await text(page, "model-summary"), keyboard: null };
+  if (blocks.length >= 2) {
+    const [first, second] = blocks;
+    const attention = `[data-testid=${second}] [data-kind=attention]`;
+    // checkVisibility, not boxes: Firefox hides a closed <details>' content with content-visibility
+    const shown = () => page.$eval(attention, (el) => el.checkVisibility());
+    const summaryOf = (testid) => `[data-testid=${testid}] > details > summary`;
+    const closedAtFirst = !(await shown());
+    await page.$eval(summaryOf(first), (el) => el.focus());
+    let tabs = 0;
+    let focused = false;
+    while (!focused && tabs < 20) {  // Tab through the first block's rows to the second's summary
+      await page.keyboard.press("Tab");
+      tabs++;
+      focused = await page.$eval(summaryOf(second), (el) => el === document.activeElement);
+    }
+    await page.keyboard.press("Enter");
+    const opened = await shown();
+    const openedText = await page.$eval(attention, (el) => el.textContent);
+    await page.keyboard.press("Enter");
+    tree.keyboard = { block: second, closedAtFirst, tabs, focused, opened, openedText, closedAgain: !(await shown()) };
+  }
 
   await page.setViewport({ width: 375, height: 667 });
   const phone = await page.evaluate(() =>
@@ -75,7 +94,7 @@ async function check(browser) {
 
   const cspViolations = await page.evaluate(() => window.__cspViolations);
   await page.close();  // before the trainer goes, so its event stream ends first
-  return { browser: await browser.version(), chart, diagram, phone, consoleErrors, cspViolations };
+  return { browser: await browser.version(), chart, tree, phone, consoleErrors, cspViolations };
 }
 
 let browser;
