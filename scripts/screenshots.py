@@ -58,17 +58,6 @@ def start_trainer(out_dir: Path) -> tuple[subprocess.Popen, str]:
     fail("the trainer exited before serving:\n" + "".join(lines[-20:]))
 
 
-def wait_for_model(base_url: str, timeout: float = 120.0) -> None:
-    """Until the trainer has described its model: a page opened earlier draws no diagram."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(base_url + "/api/model", timeout=5) as r:
-            if json.loads(r.read())["layers"]:
-                return
-        time.sleep(0.2)
-    fail(f"the trainer described no model within {timeout:.0f}s")
-
-
 def shoot(base_url: str, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -82,7 +71,8 @@ def shoot(base_url: str, out: Path) -> None:
                 page.goto(base_url + "/")
                 page.wait_for_function(f"() => window.__nanogpt && __nanogpt.lastIteration() >= {ENOUGH} "
                                        "&& __nanogpt.evals() >= 4 && __nanogpt.draws() > 0", timeout=300_000)
-                page.wait_for_selector("[data-testid=model-diagram]")
+                page.wait_for_selector("[data-testid=module-root]", state="attached")
+                page.wait_for_selector("[data-testid=connection][data-state=live]")
                 page.screenshot(path=str(out / name))
                 context.close()
                 print(f"{out / name}: {(out / name).stat().st_size // 1024} KB")
@@ -103,7 +93,6 @@ def main() -> None:
         proc, base_url = start_trainer(Path(tmp) / "out")
         try:
             started = time.monotonic()
-            wait_for_model(base_url)
             shoot(base_url, args.out)
             print(f"took {time.monotonic() - started:.0f}s")
         finally:

@@ -280,6 +280,21 @@ def test_a_page_served_before_the_run_started_gets_the_tree(page_factory):
         server.close()
 
 
+def test_a_page_opened_long_before_the_run_started_gets_the_tree_when_it_starts(page_factory):
+    monitor = TrainingMonitor(run_id="page-test", rank=0)
+    server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.5)
+    try:
+        page, _ = page_factory()
+        page.goto(server.url + "/")
+        expect(page.get_by_test_id("connection")).to_have_text("live")  # history, status and stream: no model yet
+        expect(page.get_by_test_id("module-root")).to_have_count(0)
+        monitor.run_started(**RUN)  # a trainer building its model and data for a while, then starting
+        expect(page.get_by_test_id("module-transformer-h-0-attn")).to_contain_text("2 heads")
+        page.context.close()
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_phone_width_has_no_horizontal_overflow(monitor, server, page_factory, scheme):
     feed(monitor, 300)
