@@ -8,7 +8,9 @@ own CPU time (/proc/PID/stat, all its threads: training and serving) and the wal
 prints, over P interleaved pairs (the order alternating):
 
 - tokens per CPU-second of the trainer, loaded / unloaded: what serving costs the training
-  process, whatever the load generator itself takes from the shared cores;
+  process, whatever the load generator itself takes from the shared cores; and, to tell the
+  two apart, the share of the process's CPU that its other threads (serving) took, and the
+  training thread's own tokens per CPU-second (what contention for the cores costs it);
 - wall-clock tokens/s, loaded / unloaded: what a user sees on this machine, load generator included;
 - requests served, errors and p50/p99 latency per endpoint over the loaded windows.
 
@@ -71,9 +73,11 @@ def fetch(host: str, port: int, path: str) -> bytes:
         conn.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid`, all its threads (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: bool = False) -> float:
+    """User + system CPU time of process `pid`, all its threads (fields 14 and 15 of /proc/PID/stat),
+    or with `thread` of its main thread alone (the training loop)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -85,17 +89,27 @@ class Window:
 
     def __enter__(self) -> "Window":
         self._read()
-        self.tokens, self.cpu, self.wall = -self.tokens, -self.cpu, -self.wall
+        self.tokens, self.cpu, self.main_cpu, self.wall = -self.tokens, -self.cpu, -self.main_cpu, -self.wall
         return self
 
     def __exit__(self, *exc) -> None:
-        tokens, cpu, wall = self.tokens, self.cpu, self.wall
+        tokens, cpu, main_cpu, wall = self.tokens, self.cpu, self.main_cpu, self.wall
         self._read()
-        self.tokens, self.cpu, self.wall = self.tokens + tokens, self.cpu + cpu, self.wall + wall
+        self.tokens, self.cpu, self.main_cpu, self.wall = (self.tokens + tokens, self.cpu + cpu,
+                                                           self.main_cpu + main_cpu, self.wall + wall)
 
     def _read(self) -> None:
         self.tokens = float(TOKENS.search(fetch(self.host, self.port, "/metrics")).group(1))
-        self.cpu, self.wall = cpu_seconds(self.pid), time.monotonic()
+        self.cpu, self.main_cpu, self.wall = cpu_seconds(self.pid), cpu_seconds(self.pid, True), time.monotonic()
+
+    @property
+    def per_main_cpu_second(self) -> float:
+        return self.tokens / self.main_cpu
+
+    @property
+    def serving_share(self) -> float:
+        """The share of the process's CPU its other threads took (the HTTP server, mostly)."""
+        return 1 - self.main_cpu / self.cpu
 
     @property
     def per_cpu_second(self) -> float:
@@ -167,7 +181,8 @@ def main() -> None:
             print(f"pair {pair + 1}: tokens/CPU-s {quiet.per_cpu_second:,.0f} -> {loaded.per_cpu_second:,.0f} "
                   f"({loaded.per_cpu_second / quiet.per_cpu_second:.3f}), tokens/s {quiet.per_second:,.0f} -> "
                   f"{loaded.per_second:,.0f} ({loaded.per_second / quiet.per_second:.3f}), trainer CPU "
-                  f"{quiet.cpu / quiet.wall:.2f} -> {loaded.cpu / loaded.wall:.2f} cores", flush=True)
+                  f"{quiet.cpu / quiet.wall:.2f} -> {loaded.cpu / loaded.wall:.2f} cores, of it serving "
+                  f"{quiet.serving_share:.1%} -> {loaded.serving_share:.1%}", flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -189,6 +204,12 @@ def main() -> None:
           + spread([loaded.per_cpu_second / quiet.per_cpu_second for quiet, loaded in pairs]) + " (target >= 0.95)")
     print("wall-clock tokens/s, loaded / unloaded:           "
           + spread([loaded.per_second / quiet.per_second for quiet, loaded in pairs]))
+    print("training thread's tokens per CPU-second, l / u:   "
+          + spread([loaded.per_main_cpu_second / quiet.per_main_cpu_second for quiet, loaded in pairs]))
+    quiet_share, loaded_share = [q.serving_share for q, _ in pairs], [x.serving_share for _, x in pairs]
+    print(f"share of the trainer's CPU its other threads (serving) took: unloaded median "
+          f"{statistics.median(quiet_share):.1%}, loaded median {statistics.median(loaded_share):.1%} "
+          f"(range {min(loaded_share):.1%}..{max(loaded_share):.1%})")
 
 
 def load_average() -> str:

@@ -2,8 +2,9 @@
 
 `History` keeps every logged point of a run in memory while the run is short,
 and a bounded number over a million-iteration run: the newest `recent` points
-at full resolution, and older points thinned (each time the older range fills
-up, every second point of it is dropped, so its resolution halves as it ages).
+at full resolution, and older points evenly thinned (every stride-th point that
+ages out is kept; each time the older range fills up, every second point of it
+is dropped and the stride doubles), so the whole run stays covered.
 Its counterpart on disk, complete at full resolution, is exporter.metricslog.
 Neither knows about Prometheus or HTTP.
 
@@ -26,9 +27,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from operator import attrgetter
 from array import array
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np  # imported where an overview is made: the exporter alone does not need it
 
 RECENT_POINTS = 10_000  # newest points kept at full resolution
 OLDER_POINTS = 2_000  # cap on thinned older points: memory stays <= RECENT + OLDER points
@@ -173,6 +175,7 @@ class History:
         self._recent_cap, self._older_cap = recent, older
         self._older = _Table()  # thinned, iteration order
         self._recent = _Table()  # full resolution, iteration order
+        self._aged, self._stride = 0, 1  # points aged out of recent so far; older keeps every stride-th
         self._lock = threading.Lock()
 
     def append(self, point: Point) -> None:
@@ -185,9 +188,13 @@ class History:
                 self._truncate_locked(point.iteration - 1)
             self._recent.append(point)
             if len(self._recent) > self._recent_cap:
-                self._older.append(self._recent.pop_first())
-                if len(self._older) > self._older_cap:
-                    self._older.thin()
+                aged = self._recent.pop_first()
+                if self._aged % self._stride == 0:  # every stride-th aged point: the older range stays even
+                    self._older.append(aged)
+                    if len(self._older) > self._older_cap:
+                        self._older.thin()  # keeps the multiples of twice the stride
+                        self._stride *= 2
+                self._aged += 1
 
     def amend_last(self, iteration: int, **values) -> Optional[Point]:
         """Set fields of the newest point if it is at `iteration`; returns the new point or None."""
@@ -208,6 +215,8 @@ class History:
     def _truncate_locked(self, last_iteration: int) -> None:
         for table in (self._recent, self._older):
             table.cut(table.after(last_iteration))
+        if not len(self._older):
+            self._aged, self._stride = 0, 1
 
     def _tail_locked(self, iteration: Optional[int]) -> tuple[int, int]:
         """(first older index, first recent index) of the points after `iteration`: O(log n),
@@ -252,8 +261,7 @@ class History:
             if points is not None or layout == "points":
                 chosen = self._older.points[o0:o1] + self._recent.points[r0:r1]
             if points is not None:
-                numbers = [np.frombuffer(a[o0:o1] + b[r0:r1], dtype=np.float64)
-                           for a, b in zip(self._older.numbers, self._recent.numbers)]
+                numbers = [a[o0:o1] + b[r0:r1] for a, b in zip(self._older.numbers, self._recent.numbers)]
             elif layout == "columns":
                 columns = [self._older.text[COLUMNS.index(n)][o0:o1] + self._recent.text[COLUMNS.index(n)][r0:r1]
                            for n in names]
@@ -283,15 +291,19 @@ class History:
             return len(self._older) + len(self._recent)
 
 
-def overview_indices(iterations: np.ndarray, loss: np.ndarray, val_loss: np.ndarray, buckets: int) -> list[int]:
+def overview_indices(iterations: Sequence[float], loss: Sequence[float], val_loss: Sequence[float],
+                     buckets: int) -> list[int]:
     """Which of these points (iteration order) an overview `buckets` wide keeps: all of them when
     there are at most two per bucket; else the first and the last, and in each bucket (an equal
     span of iterations, like a pixel column) the points with the lowest and the highest loss and
     val_loss and the first non-finite loss, so spikes, evaluations and NaN gaps stay visible.
     O(n) in numpy: 100k points in a few milliseconds."""
+    import numpy as np
+
     n = len(iterations)
     if n <= 2 * buckets:
         return list(range(n))
+    iterations, loss, val_loss = (np.asarray(column, dtype=np.float64) for column in (iterations, loss, val_loss))
     span = iterations[-1] - iterations[0] + 1
     bucket = ((iterations - iterations[0]) * buckets // span).astype(np.int64)  # nondecreasing
     keep = [np.array([0, n - 1])]
@@ -306,11 +318,15 @@ def overview_indices(iterations: np.ndarray, loss: np.ndarray, val_loss: np.ndar
 
 def _run_starts(bucket: np.ndarray) -> np.ndarray:
     """Where each run of equal values of a nondecreasing array starts."""
+    import numpy as np
+
     return np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else bucket
 
 
 def _extremes(at: np.ndarray, values: np.ndarray, bucket: np.ndarray) -> list[np.ndarray]:
     """The indices (taken from `at`) of the first lowest and the first highest value of each bucket."""
+    import numpy as np
+
     starts = _run_starts(bucket)
     counts = np.diff(np.r_[starts, len(values)])
     found = []

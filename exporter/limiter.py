@@ -14,6 +14,7 @@ change (exporter.views), a request's cost is mostly reading its head and
 writing its answer, and those count too. Socket writes happen outside a turn
 (a slow client must not hold everyone's turn for its socket timeout); their
 CPU is charged by the thread's next turn or its final `charge_thread()`.
+Pacing applies while `paced()` says so (the server: while the run trains).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 # the server may use at most 5 % of one core: under a storm of clients training keeps >= 95 % of
 # its tokens per CPU-second (bench/load.py); alone, a scrape's or a page's few ms wait a few more
@@ -34,11 +35,15 @@ BURST_SECONDS = 0.05
 class DutyLimiter:
     """First-come-first-served turns with a cool-down proportional to each turn's CPU time."""
 
-    def __init__(self, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO, stop: threading.Event | None = None):
+    def __init__(self, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO, stop: threading.Event | None = None,
+                 paced: Callable[[], bool] = lambda: True):
+        """`paced`: whether pacing is on now (the server: while the run trains; with no training to
+        protect, an export or a storm may take what it needs)."""
         if not 0.0 < max_busy_ratio <= 1.0:
             raise ValueError(f"max_busy_ratio must be in (0, 1], got {max_busy_ratio!r}")
         self.max_busy_ratio = max_busy_ratio
         self.stop = stop or threading.Event()  # once set (the server closing), nobody waits any more
+        self.paced = paced
         self._cooldown_per_busy = 1.0 / max_busy_ratio - 1.0  # seconds idle per second of work
         self._lock = threading.Lock()
         self._next_ticket = 0  # FIFO tickets: a plain Lock is not fair and could starve one client
@@ -51,9 +56,10 @@ class DutyLimiter:
         self.turns = 0
         self._local = threading.local()  # per thread: the thread_time() its next charge counts from
 
-    def mark(self) -> None:
-        """Count this thread's CPU from now on (where a request starts: reading its head counts too)."""
-        self._local.mark = time.thread_time()
+    def mark(self, since_thread_start: bool = False) -> None:
+        """Count this thread's CPU from now on, or from the thread's start (a thread per request:
+        all it did for the request counts, starting the thread and reading the head included)."""
+        self._local.mark = 0.0 if since_thread_start else time.thread_time()
 
     def charge_thread(self) -> None:
         """Charge this thread's CPU since its mark or last charge (a request's end, after its writes)."""
@@ -67,8 +73,8 @@ class DutyLimiter:
     def turn(self) -> Iterator[None]:
         """Wait for this thread's turn and the cool-down, run the block, charge the thread's CPU
         since its mark or last charge (since the block's start when it has neither)."""
-        if self.max_busy_ratio >= 1.0 or self.stop.is_set():
-            yield  # unlimited, or shutting down: close() must not wait behind a queue
+        if self.max_busy_ratio >= 1.0 or self.stop.is_set() or not self.paced():
+            yield  # unlimited, nothing to protect, or shutting down: close() must not wait behind a queue
             return
         with self._lock:
             ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1

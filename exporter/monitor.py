@@ -304,6 +304,11 @@ class TrainingMonitor:
             self._changed.notify_all()
 
     @property
+    def running(self) -> bool:
+        """Whether the run is training now (between run_started and run_ended)."""
+        return self._status["state"] == "running"
+
+    @property
     def generation(self) -> int:
         return self._generation
 

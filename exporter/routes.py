@@ -62,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: streams and CSV end by closing
 
     def setup(self) -> None:
-        self.owner.limiter.mark()  # the limiter charges all of a request's CPU, its head included
+        self.owner.limiter.mark(since_thread_start=True)  # all of a request's CPU is charged, its head included
         super().setup()
         self.owner.head_started(self.connection)  # until parse_request ends, under the head deadline
 

@@ -82,7 +82,8 @@ class MetricsServer:
         self.auth = BasicAuth(web_config.users) if web_config.users else None
         self.closing = threading.Event()
         # request work may take at most this share of one core: a storm of clients waits, training does not
-        self.limiter = DutyLimiter(max_busy_ratio, stop=self.closing)
+        # paced while the run trains: with no training to protect, an export may take what it needs
+        self.limiter = DutyLimiter(max_busy_ratio, stop=self.closing, paced=lambda: monitor.running)
         self.request_timeout = request_timeout
         self._heads: dict[socket.socket, float] = {}  # connection -> monotonic deadline for its request head
         self._heads_lock = threading.Lock()
@@ -97,6 +98,7 @@ class MetricsServer:
             "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
             "handle_error": _quiet_connection_error,
             "service_actions": lambda _: self._drop_stalled_heads(),  # serve_forever calls it every poll
+            "process_request": lambda httpd, request, address: self._start_request(httpd, request, address),
         })
         try:
             self._httpd = server_class((host, int(port)), handler)
@@ -119,6 +121,12 @@ class MetricsServer:
         """Base URL, e.g. http://127.0.0.1:8000 or https://... (append /metrics, /api/status, ...)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    def _start_request(self, httpd: ThreadingHTTPServer, request: Any, client_address: Any) -> None:
+        """Start the request's thread, charging the limiter for it (the accepting thread's work)."""
+        started = time.thread_time()
+        ThreadingHTTPServer.process_request(httpd, request, client_address)
+        self.limiter.charge(time.thread_time() - started)
 
     def head_started(self, connection: socket.socket) -> None:
         with self._heads_lock:

@@ -35,6 +35,16 @@ def test_a_million_iteration_run_stays_bounded_and_keeps_the_recent_tail_whole()
     assert all(a.iteration < b.iteration for a, b in zip(points, points[1:]))
 
 
+def test_a_long_runs_older_points_cover_it_evenly():
+    history = History(recent=1000, older=200)
+    for i in range(1_000_000):
+        history.append(Point(i, 1.0))
+    older = [p.iteration for p in history.since(None)[:-1000]]
+    gaps = {b - a for a, b in zip(older, older[1:])}
+    assert len(gaps) == 1 and len(older) > 100  # one stride from the first iteration to the recent tail
+    assert older[0] == 0 and 999_000 - older[-1] <= gaps.pop()
+
+
 def test_since_returns_the_points_after_an_iteration():
     history = History()
     for i in range(0, 100, 10):

@@ -134,15 +134,22 @@ def test_a_ratio_outside_0_1_is_a_one_line_error(ratio):
         DutyLimiter(ratio)
 
 
+def training_monitor() -> TrainingMonitor:
+    """A monitor whose run trains: the server paces its requests."""
+    monitor = TrainingMonitor(run_id="r", rank=0)
+    monitor.run_started(max_iterations=10_000, start_time=time.time())
+    return monitor
+
+
 def test_healthz_answers_while_the_server_is_in_a_long_cool_down():
-    with TrainingMonitor().serve(max_busy_ratio=0.01) as server:
+    with training_monitor().serve(max_busy_ratio=0.01) as server:
         server.limiter.charge(100.0)
         with urllib.request.urlopen(server.url + "/healthz", timeout=5) as r:
             assert r.read() == b"ok\n"
 
 
 def test_close_answers_requests_waiting_for_their_turn():
-    server = TrainingMonitor().serve(max_busy_ratio=0.01)
+    server = training_monitor().serve(max_busy_ratio=0.01)
     server.limiter.charge(100.0)
     answers = []
 
@@ -156,14 +163,23 @@ def test_close_answers_requests_waiting_for_their_turn():
     deadline = time.monotonic() + 5
     while server.limiter._next_ticket == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert server.limiter._next_ticket == 1, "the request should be waiting for its turn"
     server.close()
     thread.join(10)
     assert answers == [200]
 
 
+def test_once_the_run_has_ended_nothing_is_paced():
+    monitor = training_monitor()
+    with monitor.serve(max_busy_ratio=0.01) as server:
+        server.limiter.charge(100.0)  # ~10,000 s of cool-down ahead, while training
+        monitor.run_ended(iteration=10, state="finished")  # no training left to protect
+        with urllib.request.urlopen(server.url + "/api/status", timeout=5) as r:
+            assert r.status == 200
+
+
 def test_the_server_limits_a_storm_of_heavy_requests():
-    monitor = TrainingMonitor(run_id="r", rank=0)
-    monitor.run_started(max_iterations=10_000, start_time=time.time())
+    monitor = training_monitor()
     for i in range(1, 5001):
         monitor.log(iteration=i, loss=4.0, lr=1e-3, step_seconds=0.01, tokens_per_second=1e4)
     with monitor.serve(max_busy_ratio=RATIO) as server:
