@@ -16,7 +16,6 @@ Serving is `exporter.server`; `serve()` here is the shortcut to it.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 import math
 import os
@@ -35,19 +34,9 @@ from .metrics import TrainingMetrics, create_metrics
 from .server import MetricsServer
 from .status import snapshot
 from .trend import DebiasedEma
+from .version import VERSION
 
 log = logging.getLogger(__name__)
-
-def _installed_version() -> str:
-    """The installed nanogpt-monitor's version (its one source: nanogpt/__init__.py, via pyproject.toml)."""
-    try:
-        return importlib.metadata.version("nanogpt-monitor")
-    except importlib.metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-        return "unknown"
-
-
-VERSION = _installed_version()
-
 
 def _guarded(method):
     """Run a public monitor method; on any exception log once per site, count, and return None."""
