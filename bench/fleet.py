@@ -20,15 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,10 +86,17 @@ def self_metrics(prometheus: Prometheus) -> dict[str, list]:
     return out
 
 
+def rule_times(prometheus: Prometheus) -> dict[str, float]:
+    """Seconds the last evaluation of each rule took (/api/v1/rules evaluationTime), by rule name."""
+    return {f"{g['name']}/{r['name']}": r["evaluationTime"] for g in api(prometheus, "rules")["groups"]
+            for r in g["rules"]}  # fmt: skip
+
+
 def time_queries(prometheus: Prometheus, run_id: str, range_seconds: int, scrape: int, step: int,
-                 repeats: int) -> dict[str, float]:
-    """p95 seconds of every dashboard query (and variable query) over the last `range_seconds`."""
-    end = time.time()
+                 repeats: int, end: float | None = None) -> dict[str, float | str]:
+    """p95 seconds of every dashboard query (and variable query) over the `range_seconds` before `end`
+    (default now); a query Prometheus refuses (too many samples) is reported as a string instead."""
+    end = end or time.time()
     start = end - range_seconds
     jobs = []
     for uid, board in load_dashboards().items():
@@ -94,18 +106,51 @@ def time_queries(prometheus: Prometheus, run_id: str, range_seconds: int, scrape
         for name, variable in variables(board).items():
             selector, label = parse_label_values(variable_query(variable))
             jobs.append((f"{uid[8:]}/variable {name}", (substitute(selector, run_id, range_seconds), label), "label"))
-    timings = defaultdict(list)
+    timings, failed = defaultdict(list), {}
     for _ in range(repeats):  # interleaved: each round runs every query once
         for key, expr, kind in jobs:
+            if key in failed:
+                continue
             t0 = time.perf_counter()
-            if kind == "label":
-                api(prometheus, f"label/{expr[1]}/values", **{"match[]": expr[0], "start": start, "end": end})
-            elif kind:
-                query(prometheus, expr)
-            else:
-                query(prometheus, expr, start=start, end=end, step=step)
+            try:
+                if kind == "label":
+                    api(prometheus, f"label/{expr[1]}/values", **{"match[]": expr[0], "start": start, "end": end})
+                elif kind:
+                    query(prometheus, expr, time=end)
+                else:
+                    query(prometheus, expr, start=start, end=end, step=step)
+            except urllib.error.HTTPError as e:
+                failed[key] = f"refused after {time.perf_counter() - t0:.1f} s: {json.loads(e.read())['error']}"
+                continue
             timings[key].append(time.perf_counter() - t0)
-    return {key: percentile(values, 95) for key, values in timings.items()}
+    return {key: failed.get(key) or percentile(timings[key], 95) for key, _, _ in jobs}
+
+
+def rule_costs(prometheus: Prometheus, at: float, repeats: int) -> dict[str, float]:
+    """Median engine seconds (query stats execTotalTime) of every rule's expression as an instant query at `at`:
+    what each evaluation costs over this data, without appending results or waiting for the CPU."""
+    costs = {}
+    for path in sorted(PROMETHEUS_RULES.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                runs = [api(prometheus, "query", query=rule["expr"], time=at, stats="all")["stats"]["timings"]["execTotalTime"]
+                        for _ in range(repeats)]  # fmt: skip
+                costs[f"{group['name']}/{rule.get('record') or rule['alert']}"] = statistics.median(runs)
+    return costs
+
+
+def settle_compaction(prometheus: Prometheus) -> None:
+    """Wait until Prometheus has merged the backfilled 2 h blocks (it starts about a minute in), as a
+    Prometheus a day old has: timing queries meanwhile would time the compaction too."""
+    def state():
+        own = self_metrics(prometheus)
+        return own["prometheus_tsdb_compactions_triggered_total"][0][1], own["prometheus_tsdb_blocks_loaded"][0][1]
+
+    wait_until(lambda: state()[0] >= 1, timeout=300, interval=5, what="the first compaction")
+    previous = None
+    while (current := state()[1]) != previous:
+        previous = current
+        time.sleep(20)
 
 
 def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path, repeats: int) -> dict:
@@ -139,13 +184,17 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
         wait_until(lambda: len(query(prometheus, 'up{job="nanogpt"} == 1')) == ranks, timeout=300, interval=2,
                    what=f"{ranks} targets up")
         usage0 = [proc_usage(w.pid) for w in workers]
+        load0 = os.getloadavg()[0]  # the machine is shared: say how busy it was
+        prometheus_cpu0 = self_metrics(prometheus)["process_cpu_seconds_total"][0][1]
         t0 = time.time()
-        rule_max = defaultdict(float)
+        rule_max, per_rule = defaultdict(float), defaultdict(list)
 
         def first_notifications():
             for name, value in [(k, v) for labels, v in self_metrics(prometheus)["prometheus_rule_group_last_duration_seconds"]
                                 for k in [labels["rule_group"].rsplit(";", 1)[-1]]]:  # fmt: skip
                 rule_max[name] = max(rule_max[name], value)
+            for name, seconds in rule_times(prometheus).items():
+                per_rule[name].append(seconds)
             got = {(b["groupLabels"].get("alertname"), b["groupLabels"].get("run_id")) for _, b in webhook.notifications}
             return all((FAULTS[b], f"fleet{ranks}-{i:02d}-{b}") in got for i, b in enumerate(behaviours[:3]))
 
@@ -171,7 +220,7 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
         cpu = sum(b[0] - a[0] for a, b in zip(usage0, usage1))
         return {
             "ranks": ranks, "runs": runs, "ranks_per_run": ranks_per_run, "scrape_s": scrape, "scale": scale,
-            "observed_s": t1 - t0, "startup_s": t0 - t_start,
+            "observed_s": t1 - t0, "startup_s": t0 - t_start, "load_avg_1m": [load0, os.getloadavg()[0]],
             "series_per_rank": scraped + 5 + recorded, "scraped_per_rank": scraped, "recorded_per_rank": recorded,
             "series_total": series_total, "scrape_p99_ms": 1000 * percentile(durations, 99),
             "scrape_p50_ms": 1000 * percentile(durations, 50), "rule_eval_max_s": dict(rule_max),
@@ -180,6 +229,8 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
             "exporter_cpu_cores": cpu / (t1 - t0), "exporter_cpu_ms_per_rank_s": 1000 * cpu / (t1 - t0) / ranks,
             "exporter_rss_mib": sum(u[1] for u in usage1), "exporter_rss_mib_per_rank": sum(u[1] for u in usage1) / ranks,
             "prometheus_rss_mib": own["process_resident_memory_bytes"][0][1] / 2**20,
+            "prometheus_cpu_cores": (own["process_cpu_seconds_total"][0][1] - prometheus_cpu0) / (t1 - t0),
+            "rule_eval_p50_s": {k: statistics.median(v) for k, v in per_rule.items()},
             "queries_1h_p95_s": queries,
         }
     finally:
@@ -199,24 +250,23 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
 
 
 def day(ranks: int, hours: float, step: int, workdir: Path, repeats: int) -> dict:
-    """Backfill a day, serve it with the real rules, time every dashboard query over 24 h and 1 h."""
+    """Backfill a day, serve it with the real rules, time every rule and every dashboard query over 24 h and 1 h."""
     data = workdir / "day" / "data"  # the Prometheus below keeps its TSDB there
     data.mkdir(parents=True)
-    t0 = time.time()
-    figures = backfill(data, workdir, ranks, hours, step, end=time.time())
+    t0 = end = time.time()
+    figures = backfill(data, workdir, ranks, hours, step, end=end)
     figures["backfill_s"] = time.time() - t0
     prometheus = Prometheus(workdir / "day", [], scrape_interval="15s", evaluation_interval="15s",
-                            rule_files=sorted(PROMETHEUS_RULES.glob("*.yml")),
                             extra_args=("--storage.tsdb.retention.time=30d",))  # fmt: skip
     try:
-        wait_until(lambda: min(v for _, v in self_metrics(prometheus)["prometheus_rule_group_iterations_total"]) >= 3,
-                   timeout=300, interval=5, what="three rule evaluations")  # fmt: skip
-        groups = {labels["rule_group"].rsplit(";", 1)[-1]: v for labels, v in
-                  self_metrics(prometheus)["prometheus_rule_group_last_duration_seconds"]}  # fmt: skip
-        figures["rule_eval_s"] = groups
-        figures["queries_all_24h_p95_s"] = time_queries(prometheus, ".*", int(hours * 3600), step, step, repeats)
-        figures["queries_run_24h_p95_s"] = time_queries(prometheus, "fleet-000", int(hours * 3600), step, step, repeats)
-        figures["queries_all_1h_p95_s"] = time_queries(prometheus, ".*", 3600, step, step, repeats)
+        settle_compaction(prometheus)
+        figures["blocks"] = self_metrics(prometheus)["prometheus_tsdb_blocks_loaded"][0][1]
+        # The data ends at `end`, so rules and queries are timed there, not at the (later) present.
+        figures["rule_cost_s"] = rule_costs(prometheus, end - step, repeats)
+        figures["queries_all_24h_p95_s"] = time_queries(prometheus, ".*", int(hours * 3600), step, step, repeats, end)
+        figures["queries_run_24h_p95_s"] = time_queries(prometheus, "fleet-000", int(hours * 3600), step, step,
+                                                        repeats, end)  # fmt: skip
+        figures["queries_all_1h_p95_s"] = time_queries(prometheus, ".*", 3600, step, step, repeats, end)
     finally:
         prometheus.stop()
     return figures
@@ -242,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["live"].append(live(ranks, per_run, args.scale, args.scrape_interval,
                                             Path(tmp) / f"live{ranks}", args.repeats))  # fmt: skip
             except Exception as e:  # the first thing that breaks is a finding: report it, go on
+                traceback.print_exc()
                 results.setdefault("broke", []).append(f"{ranks} ranks: {e!r}")
             print(json.dumps(results["live"][-1:], default=str), file=sys.stderr, flush=True)
         if not args.no_day:

@@ -64,8 +64,16 @@ def series_of_rank(start: float):
         ("nanogpt:progress_ratio", "", lambda t: it(t) / 300_000), ("nanogpt:loss_mean:window", "", loss),
         ("nanogpt:loss_mean:previous_window", "", lambda t: loss(t - 600)),
         ("nanogpt:loss_improvement_ratio", "", lambda t: 0.02), ("nanogpt:loss_trend", "", lambda t: 1),
+        ("nanogpt:training_state:code", "", lambda t: 1), ("nanogpt:process_cpu_seconds:rate1m", "", lambda t: 0.9),
+        ("nanogpt:process_resident_memory_bytes", "", lambda t: 2.1e9),
     ]
     return gauges
+
+
+def series_of_run(ranks: int):
+    """(name, extra labels, value(t)) for the run-level recording rules' series of a run of `ranks` ranks."""
+    return [("nanogpt:run_iteration_duration_seconds_bucket:rate1m", f',le="{b}"',
+             (lambda t, b=b: ranks / STEP_SECONDS if float(b) >= STEP_SECONDS else 0.0)) for b in BUCKETS]
 
 
 def rank_labels(rank: int) -> tuple[str, str]:
@@ -79,14 +87,17 @@ def rank_labels(rank: int) -> tuple[str, str]:
 
 
 def write_chunk(path: Path, ranks: int, start: float, times: list[int]) -> int:
-    """OpenMetrics text of every series of every rank at `times` (families kept together); returns samples."""
-    templates = series_of_rank(start)
+    """OpenMetrics text of every series of every rank and run at `times` (families kept together); returns samples."""
     labels = [rank_labels(r)[1] for r in range(ranks)]
+    runs = sorted({rank_labels(r)[0] for r in range(ranks)})
+    series = [(name, extra, value, labels) for name, extra, value in series_of_rank(start)]
+    series += [(name, extra, value, [f'job="nanogpt",run_id="{run}"' for run in runs])
+               for name, extra, value in series_of_run(min(ranks, RANKS_PER_RUN))]
     samples = 0
     with open(path, "w") as f:
-        for name, extra, value in templates:
-            for rank_label in labels:
-                prefix = f"{name}{{{rank_label}{extra}}} "
+        for name, extra, value, label_sets in series:
+            for label_set in label_sets:
+                prefix = f"{name}{{{label_set}{extra}}} "
                 f.write("".join(f"{prefix}{value(t):.6g} {t}\n" for t in times))
                 samples += len(times)
         f.write("# EOF\n")
@@ -119,4 +130,6 @@ def backfill(data_dir: Path, work: Path, ranks: int, hours: float, step: int, en
     pending.join()
     if errors:
         raise RuntimeError("promtool failed:\n" + "\n".join(errors))
-    return {"samples": samples, "series": ranks * len(series_of_rank(start)), "blocks": len(bounds)}
+    runs = -(-ranks // RANKS_PER_RUN)
+    return {"samples": samples, "series": ranks * len(series_of_rank(start)) + runs * len(series_of_run(RANKS_PER_RUN)),
+            "blocks": len(bounds)}

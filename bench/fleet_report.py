@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 GOALS = "goals at 1,024 ranks: <= 150 series/rank, rule eval < 1 s, dashboard query p95 < 2 s over 24 h, 1 notification per faulty run per alert"
 
@@ -25,6 +26,10 @@ def print_report(results: dict, args) -> None:
             ("series in Prometheus' head", lambda r: f"{r['series_total']:,.0f}"),
             ("scrape duration p50 / p99", lambda r: f"{r['scrape_p50_ms']:.1f} / {r['scrape_p99_ms']:.1f} ms"),
             ("rule eval, max per group", lambda r: ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(r["rule_eval_max_s"].items()))),
+            ("slowest rules (median evaluation)", lambda r: _slowest(r.get("rule_eval_p50_s", {}))),
+            ("machine load (1-min average, start / end; 2 cores)",
+             lambda r: " / ".join(f"{v:.1f}" for v in r["load_avg_1m"])),
+            ("Prometheus CPU", lambda r: f"{r.get('prometheus_cpu_cores', float('nan')):.2f} cores"),
             ("dashboard query p95, last hour (worst)", lambda r: _worst(r["queries_1h_p95_s"])),
             ("notifications per faulty run per alert", lambda r: _notifications(r)),
             ("exporter CPU (all ranks)", lambda r: f"{r['exporter_cpu_cores']:.2f} cores, {r['exporter_cpu_ms_per_rank_s']:.2f} ms/s per rank"),
@@ -36,20 +41,40 @@ def print_report(results: dict, args) -> None:
     day = results.get("day")
     if day:
         print(f"\nDay: {day['series']:,} series, {day['samples']:,} samples backfilled in {day['backfill_s']:.0f} s "
-              f"({args.day_step}s resolution); real rules\n")
+              f"({args.day_step}s resolution), compacted into {day['blocks']:.0f} blocks; p95 of {args.repeats} runs\n")
         print("| query | all runs, 24 h | one run, 24 h | all runs, 1 h |")
         print("| --- | --- | --- | --- |")
         for key in day["queries_all_24h_p95_s"]:
-            print(f"| {key} | {day['queries_all_24h_p95_s'][key]:.3f} s | {day['queries_run_24h_p95_s'][key]:.3f} s "
-                  f"| {day['queries_all_1h_p95_s'][key]:.3f} s |")
-        print("\nrule eval: " + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(day["rule_eval_s"].items())))
+            cells = [_seconds(day[column][key]) for column in
+                     ("queries_all_24h_p95_s", "queries_run_24h_p95_s", "queries_all_1h_p95_s")]  # fmt: skip
+            print(f"| {key} | " + " | ".join(cells) + " |")
+        for column in ("queries_all_24h_p95_s", "queries_run_24h_p95_s", "queries_all_1h_p95_s"):
+            print(f"\nworst, {column[8:-6].replace('_', ' ')}: {_worst(day[column])}")
+        groups = defaultdict(float)
+        for name, seconds in day["rule_cost_s"].items():
+            groups[name.split("/")[0]] += seconds
+        print("\nrule expressions at the last backfilled minute (engine time, summed per group): "
+              + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(groups.items()))
+              + "; slowest: " + _slowest(day["rule_cost_s"]))
     for failure in results.get("broke", []):
         print(f"\nbroke: {failure}")
     print(f"\n{GOALS}")
     print("\nraw: " + json.dumps(results, default=str))
 
 
+def _slowest(rules: dict, n: int = 3) -> str:
+    top = sorted(rules.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{name.split('/')[-1]} {seconds * 1000:.0f} ms" for name, seconds in top)
+
+
+def _seconds(value) -> str:
+    return value if isinstance(value, str) else f"{value:.3f} s"
+
+
 def _worst(queries: dict) -> str:
+    refused = [k for k, v in queries.items() if isinstance(v, str)]
+    if refused:
+        return f"{len(refused)} refused ({', '.join(refused)}): {queries[refused[0]]}"
     key = max(queries, key=queries.get)
     return f"{queries[key]:.3f} s ({key})"
 

@@ -74,7 +74,10 @@ class MetricsServer:
     def __init__(self, monitor: Any, host: str = "127.0.0.1", port: int = 0,
                  keepalive_seconds: float = KEEPALIVE_SECONDS, request_timeout: float = REQUEST_TIMEOUT_SECONDS,
                  web_config: Optional[WebConfig] = None, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO,
-                 max_age: float = MAX_AGE_SECONDS):
+                 max_age: float = MAX_AGE_SECONDS,
+                 poll_interval: float = 0.1):
+        """`poll_interval`: seconds between the listener's wake-ups (to notice close() and drop stalled
+        request heads); each costs a little CPU, which adds up only where one process hosts many servers."""
         self.monitor, self.keepalive_seconds = monitor, keepalive_seconds
         self.views = Views(monitor, max_age)  # the bodies, made once per change (see exporter.views)
         web_config = web_config or WebConfig()
@@ -112,7 +115,7 @@ class MetricsServer:
             self._httpd.socket = web_config.ssl_context.wrap_socket(
                 self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.host, self.port = host, self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": poll_interval},
                                         name=f"nanogpt-metrics-{self.port}", daemon=True)
         self._thread.start()
 

@@ -25,7 +25,7 @@ from grafana_foundation_sdk.models.text import TextMode
 from .gpu_panels import gpu_row, mobile_gpu_panels
 from .panels import (
     DATASOURCE, LEGEND, bar_gauge, bottom_legend, eta_panel, firing_alerts_panel, history_table, loss_chart,
-    loss_now_panel, per_run_process, quantile_expr, query, run_variables, sel, stat_panel, state_panel, thresholds,
+    loss_now_panel, model_sel, quantile_expr, query, run_variables, sel, stat_panel, state_panel, thresholds,
     time_chart, trend_panel,
 )
 
@@ -97,10 +97,12 @@ def training() -> dashboard.Dashboard:
                                 colour="green").height(4).span(4))
          .with_panel(stat_panel("MFU", "Model FLOPs utilisation estimate (nanogpt_mfu_ratio).",
                                 query(sel("nanogpt_mfu_ratio")), unit="percentunit", decimals=1).height(4).span(4))
-         .with_panel(time_chart("Step time p50 / p95", "Quantiles of the wall time per iteration "
-                                "(nanogpt_iteration_duration_seconds histogram).",
-                                query(quantile_expr(0.5), legend="p50 " + LEGEND),
-                                query(quantile_expr(0.95), legend="p95 " + LEGEND, ref="B"), unit="s")
+         .with_panel(time_chart("Step time p50 / p95", "Quantiles of the wall time per iteration over "
+                                "the last minute, all ranks of each run together (the "
+                                "nanogpt_iteration_duration_seconds histogram, recorded per run as "
+                                "nanogpt:run_iteration_duration_seconds_bucket:rate1m).",
+                                query(quantile_expr(0.5), legend="p50 {{run_id}}"),
+                                query(quantile_expr(0.95), legend="p95 {{run_id}}", ref="B"), unit="s")
                      .height(8).span(8))
          .with_panel(time_chart("Learning rate", "nanogpt_learning_rate at each logged iteration.",
                                 query(sel("nanogpt_learning_rate"))).height(8).span(8))
@@ -109,24 +111,25 @@ def training() -> dashboard.Dashboard:
     d = gpu_row(d)  # device health beside the loss (empty without a GPU)
     d = (d.with_row(dashboard.Row("Model"))
          .with_panel(stat_panel("Model shape", "nanogpt_model_config: n_layer, n_head, n_embd, block_size, "
-                                "vocab_size, dropout.", query(sel("nanogpt_model_config"), legend="{{field}}"),
+                                "vocab_size, dropout (rank 0's; every rank trains the same model).",
+                                query(model_sel("nanogpt_model_config"), legend="{{field}} {{run_id}}"),
                                 text_mode=BigValueTextMode.VALUE_AND_NAME).height(8).span(10))
-         .with_panel(stat_panel("Parameters", "Total trainable parameters (tied weights counted once).",
-                                query(sel("nanogpt_model_parameters", 'component="total"')), unit="short")
+         .with_panel(stat_panel("Parameters", "Total trainable parameters (tied weights counted once; rank 0's).",
+                                query(model_sel("nanogpt_model_parameters", 'component="total"'),
+                                      legend="{{run_id}}"), unit="short")
                      .height(8).span(4))
-         .with_panel(bar_gauge("Parameters by component", "nanogpt_model_parameters per component.",
-                               query(sel("nanogpt_model_parameters", 'component!="total"'),
-                                     legend="{{component}}")).height(8).span(10)))
+         .with_panel(bar_gauge("Parameters by component", "nanogpt_model_parameters per component (rank 0's).",
+                               query(model_sel("nanogpt_model_parameters", 'component!="total"'),
+                                     legend="{{component}} {{run_id}}")).height(8).span(10)))
     d = (d.with_row(dashboard.Row("Health"))
          .with_panel(time_chart("Firing alerts", "ALERTS of the selected runs (prometheus/rules).",
                                 query('ALERTS{alertstate="firing", run_id=~"$run_id"}',
                                       legend="{{alertname}} {{run_id}} ({{severity}})")).height(8).span(8))
          .with_panel(time_chart("Process memory", "Resident memory of each trainer process.",
-                                query(per_run_process("process_resident_memory_bytes")), unit="bytes")
+                                query(sel("nanogpt:process_resident_memory_bytes")), unit="bytes")
                      .height(8).span(8))
-         .with_panel(time_chart("Process CPU", "CPU cores used by each trainer process.",
-                                query(per_run_process("rate(process_cpu_seconds_total[$__rate_interval])")),
-                                unit="percentunit").height(8).span(8))
+         .with_panel(time_chart("Process CPU", "CPU cores used by each trainer process over the last minute.",
+                                query(sel("nanogpt:process_cpu_seconds:rate1m")), unit="percentunit").height(8).span(8))
          .with_panel(time_chart("Tokens / s per rank", "nanogpt:tokens_per_second:rate1m, one line per rank "
                                 "(DDP runs).", query(sel("nanogpt:tokens_per_second:rate1m"))).height(8).span(12))
          .with_panel(stat_panel("Non-finite losses", "Logged iterations whose loss was NaN or infinite.",

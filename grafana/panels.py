@@ -24,6 +24,7 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 # The run and rank the viewer picked: multi-value variables expand to a regex.
 RUN = 'run_id=~"$run_id", rank=~"$rank"'
 LEGEND = "{{run_id}} rank {{rank}}"
+RANK_ZERO = 'run_id=~"$run_id", rank="0"'  # the selected runs' rank 0 (model_sel)
 
 # SPEC: nanogpt_training_state{state=...}, encoded 0..3 so one series per run
 # carries the state and a range query's last value survives the run's end.
@@ -39,21 +40,18 @@ def sel(metric: str, *matchers: str) -> str:
     return f"{metric}{{{', '.join((RUN, *matchers))}}}"
 
 
-def per_run_process(metric: str) -> str:
-    """A process_* series (labels job, instance only) tagged with the run it belongs to.
-
-    nanogpt_run_info (value 1) maps each scraped target to its run_id and rank;
-    `max by` folds the info label variants the run went through into one.
-    """
-    return (f"{metric} * on (job, instance) group_left (run_id, rank) "
-            f"max by (job, instance, run_id, rank) ({sel('nanogpt_run_info')})")
+def model_sel(metric: str, *matchers: str) -> str:
+    """`metric` of rank 0 of the selected runs: every DDP rank trains the same model, so one rank's
+    figures say it all (and a 1,024-rank run does not draw 1,024 copies)."""
+    return f"{metric}{{{', '.join((RANK_ZERO, *matchers))}}}"
 
 
 def state_expr() -> str:
-    """0 starting, 1 running, 2 finished, 3 failed: one series per run and rank."""
-    selectors = [sel("nanogpt_training_state", 'state="%s"' % name) for name in STATES]
-    terms = " or ".join(f"({selector} == 1) * {i}" for i, selector in enumerate(selectors))
-    return f"max by (run_id, rank) ({terms})"
+    """0 starting, 1 running, 2 finished, 3 failed: one series per run and rank.
+
+    nanogpt:training_state:code (prometheus/rules/nanogpt-recording.yml) encodes the state label
+    in the catalogue's order; `max by` folds the targets a rank went through (a resume) into one."""
+    return f"max by (run_id, rank) ({sel('nanogpt:training_state:code')})"
 
 
 def trend_expr() -> str:
@@ -63,9 +61,10 @@ def trend_expr() -> str:
 
 
 def quantile_expr(q: float) -> str:
-    """Step time quantile from the iteration histogram over the rate interval."""
-    buckets = sel("nanogpt_iteration_duration_seconds_bucket")
-    return f"histogram_quantile({q}, sum by (le, run_id, rank) (rate({buckets}[$__rate_interval])))"
+    """Step time quantile of each selected run over all its ranks, from the run-level bucket rates
+    recorded every evaluation (summing 19 buckets of every rank at every step was the slowest query)."""
+    buckets = 'nanogpt:run_iteration_duration_seconds_bucket:rate1m{run_id=~"$run_id"}'
+    return f"histogram_quantile({q}, sum by (le, run_id) ({buckets}))"
 
 
 def query(expr: str, legend: str = LEGEND, ref: str = "A", instant: bool = False,

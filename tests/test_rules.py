@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter import trend
+from exporter import catalogue, trend
 from tests.support.procs import PROMETHEUS_RULES, REPO, require
-from tests.support.rules import ALERT_RULES, plateau_parameters, rules, write_scaled_rules
+from tests.support.rules import ALERT_RULES, RECORDING_RULES, plateau_parameters, rules, write_scaled_rules
 
 PROMETHEUS = REPO / "prometheus"
 SPEC_ALERTS = {"NanoGPTLossPlateau", "NanoGPTLossNotFinite", "NanoGPTTrainingStalled",
@@ -65,6 +65,12 @@ def test_plateau_alert_waits_for_two_windows_and_rides_out_noise():
     params = plateau_parameters()
     assert params.warmup_seconds == 2 * params.window_seconds
     assert params.for_seconds >= params.window_seconds / 2
+
+
+def test_the_recorded_state_code_numbers_the_catalogue_states_in_order():
+    expr = rules(RECORDING_RULES)["nanogpt:training_state:code"]["expr"]
+    codes = re.findall(r'state="(\w+)"\} == 1\) \* (\d+)', expr)
+    assert [(state, int(code)) for state, code in codes] == [(s, i) for i, s in enumerate(catalogue.STATES)]
 
 
 def test_test_sized_rules_are_valid_and_scaled(tmp_path):

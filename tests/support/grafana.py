@@ -81,11 +81,13 @@ ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
     "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
 
 # What Prometheus must have seen before every panel can show something: evaluations and
-# checkpoints changing, the recorded ETA, the test alert and a step-time rate.
+# checkpoints changing, the recorded ETA, the test alert, a recorded step-time rate and
+# the recorded process CPU (rate1m rules need two scrapes in their minute).
 PANEL_DATA_READY = ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
                     "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
                     "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
-                    "rate(nanogpt_iteration_duration_seconds_count[4s]) > 0")
+                    'nanogpt:run_iteration_duration_seconds_bucket:rate1m{le="+Inf"} > 0',
+                    "nanogpt:process_cpu_seconds:rate1m")
 
 
 def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int = 1, step_seconds: int | None = None,
