@@ -3,12 +3,13 @@ shows), in particular the model's module tree. The browser side is tests/e2e/tes
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from exporter import TrainingMonitor
-from exporter.page import model_summary, model_tree, render
+from exporter.page import CHART_FIELDS, FIRST_OVERVIEW_POINTS, model_summary, model_tree, render
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
 
@@ -90,3 +91,26 @@ def test_a_layer_is_named_with_its_list_and_a_part_by_its_own_name(nanogpt_tree)
     html = page_of(model_tree=nanogpt_tree)
     assert '<span class="mname">h.0</span>' in item(html, "module-transformer-h-0")
     assert '<span class="mname">ln_1</span>' in item(html, "module-transformer-h-0-ln_1")
+
+
+def first_history(html: str) -> str:
+    match = re.search(r'<script type="application/json" id="first-history">(.*?)</script>', html, re.DOTALL)
+    assert match, "no first-history data block"
+    return match.group(1)
+
+
+def test_the_page_carries_the_overview_of_its_first_chart_as_api_history_gives_it():
+    monitor = TrainingMonitor(run_id="page", rank=0)
+    for i in range(5_000):
+        monitor.log(iteration=i, loss=3.0 - i / 5_000, timestamp=1_700_000_000.0 + i)
+    carried = json.loads(first_history(render(monitor)[0].decode()))
+    served = json.loads(monitor.history.to_json("page", 0, layout="columns", names=CHART_FIELDS,
+                                                points=FIRST_OVERVIEW_POINTS))
+    assert carried == served and len(carried["iteration"]) < 5_000 and carried["iteration"][-1] == 4_999
+
+
+def test_no_run_id_can_end_the_data_block_early():
+    monitor = TrainingMonitor(run_id="</script><script>alert(1)</script>", rank=0)
+    monitor.log(iteration=1, loss=2.0)
+    block = first_history(render(monitor)[0].decode())
+    assert "<" not in block and json.loads(block)["run_id"] == "</script><script>alert(1)</script>"

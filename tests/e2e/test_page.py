@@ -186,6 +186,17 @@ def test_drag_zooms_into_a_range_and_reset_shows_everything(monitor, server, pag
     assert hook(page, "view().x0") == 0
 
 
+def test_the_first_chart_is_drawn_from_the_page_itself_without_asking_for_the_history(monitor, server, page_factory):
+    feed(monitor, 3_000)
+    page, _ = page_factory()
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    open_page(page, server.url, 300)
+    page.wait_for_function("() => document.getElementById('connection').dataset.state === 'live'")
+    assert hook(page, "points()") == 300 and hook(page, "evals()") == 60
+    assert not [url for url in requested if "/api/history" in url]
+
+
 def test_a_long_history_opens_as_an_overview_and_a_zoom_loads_its_range_in_full(monitor, server, page_factory):
     feed(monitor, 30_000)  # 3,000 logged points: more than two per pixel column of this chart
     monitor.log(iteration=30_000, loss=9.0, timestamp=1_700_030_000.0)  # a spike the overview must keep
