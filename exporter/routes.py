@@ -1,7 +1,10 @@
 """The request handler of the trainer's HTTP server: parsing, basic auth, the route table, the answers.
 
-One `Handler` per connection (http.server's model), HTTP/1.0, GET only. Routes
-live in one table, `ROUTES`; each `route_<name>` builds its body under a turn
+One `Handler` per connection (http.server's model), GET only, HTTP/1.1 with
+keep-alive: a scraper or a browser that keeps its connection (Prometheus does)
+costs one request's work per scrape, not a TCP handshake and a new thread too.
+An event stream, a CSV export, an error and any request with a body end by
+closing the connection. Routes live in one table, `ROUTES`; each `route_<name>` builds its body under a turn
 of the server's duty-cycle limiter (exporter.limiter) and writes it outside the
 turn, so a slow reader never holds anyone else's turn. Nothing maps a request
 path to a file.
@@ -59,12 +62,18 @@ class Handler(BaseHTTPRequestHandler):
     owner: Any
     timeout = REQUEST_TIMEOUT_SECONDS  # StreamRequestHandler applies it to the socket
     server_version = "nanogpt-monitor"
-    protocol_version = "HTTP/1.0"  # one request per connection: streams and CSV end by closing
+    protocol_version = "HTTP/1.1"  # keep-alive; an HTTP/1.0 client still gets one request per connection
 
     def setup(self) -> None:
         self.owner.limiter.mark(since_thread_start=True)  # all of a request's CPU is charged, its head included
         super().setup()
-        self.owner.head_started(self.connection)  # until parse_request ends, under the head deadline
+
+    def handle_one_request(self) -> None:
+        # each request's head (a kept-alive connection's next one too) is under the head deadline, so
+        # an idle kept-alive connection is closed after request_timeout s like a stalled one
+        self._responded = False
+        self.owner.head_started(self.connection)
+        super().handle_one_request()
 
     def finish(self) -> None:
         self.owner.head_done(self.connection)
@@ -97,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
         except BadRequest as e:
             self._send(400, json_bytes({"error": str(e)}), "application/json")
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
-            pass  # the client went away or stalled: nothing to answer
+            self.close_connection = True  # the client went away or stalled: nothing to answer
         except Exception as e:  # a bug here must not kill the server thread silently
             self.monitor.report_error("http " + url.path, e)
             if not self._responded:  # mid-stream, a status line can no longer be sent: just close
@@ -127,10 +136,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 
+    def _keeps_connection(self, code: int) -> bool:
+        """Whether the connection may carry another request after this answer: not after an
+        error, another method than GET, or a request with a body (which was never read)."""
+        headers = getattr(self, "headers", None) or {}
+        return code < 400 and self.command == "GET" and not (
+            headers.get("Content-Length") or headers.get("Transfer-Encoding"))
+
     def _send(self, code: int, body: bytes, content_type: str, headers: Optional[dict] = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if not self._keeps_connection(code):
+            self.send_header("Connection", "close")  # http.server then closes it after this answer
         for name, value in (headers or {}).items():
             if name.lower() != "x-content-type-options":  # end_headers sends it, once
                 self.send_header(name, value)
@@ -141,6 +159,7 @@ class Handler(BaseHTTPRequestHandler):
     def _send_lines(self, lines: Iterable[str], content_type: str, headers: dict) -> None:
         """Stream text without holding it all: no Content-Length, the connection close ends it."""
         self.send_response(200)
+        self.send_header("Connection", "close")
         self.send_header("Content-Type", content_type)
         for name, value in headers.items():
             self.send_header(name, value)

@@ -1,9 +1,11 @@
 """The one HTTP server of the training process: /metrics, health, JSON, SSE, CSV and the page.
 
 A stdlib ThreadingHTTPServer in a daemon thread: one daemon thread per
-connection, a socket timeout on every connection (a slow or stuck client gets
-dropped and never blocks /metrics or training), a deadline for each request's
-head, and `close()` that stops the listener and ends open event streams.
+connection (kept alive between requests: exporter.routes), a socket timeout on
+every connection (a slow or stuck client gets dropped and never blocks /metrics
+or training), a deadline for each request's head (which also closes a kept-alive
+connection left idle), and `close()` that stops the listener and ends open event
+streams.
 Request work takes turns under a duty-cycle limit (exporter.limiter, `max_busy_ratio`,
 default 0.05 of one core), so a storm of clients waits instead of slowing training;
 /healthz is exempt. The bodies are made once per change (exporter.views), so most

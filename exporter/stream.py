@@ -27,6 +27,7 @@ def serve(handler: Any, cursor: Optional[int]) -> None:
         last = monitor.history.last()
         cursor = last.iteration if last is not None else -1
     handler.send_response(200)
+    handler.send_header("Connection", "close")  # the stream ends when the connection does
     handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
     handler.send_header("Cache-Control", "no-cache")
     handler.send_header("X-Accel-Buffering", "no")  # tell reverse proxies not to buffer the stream

@@ -222,7 +222,7 @@ def disconnect_mid_answer(server, target: str, clients: int, batch: int = 50) ->
             sock.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
             socks.append(sock)
         for sock in socks:
-            assert sock.recv(512).startswith(b"HTTP/1.0 200")
+            assert sock.recv(512).startswith(b"HTTP/1.1 200")
             sock.close()
 
 
