@@ -7,7 +7,7 @@ or training), a deadline for each request's head (which also closes a kept-alive
 connection left idle), and `close()` that stops the listener and ends open event
 streams.
 Request work takes turns under a duty-cycle limit (exporter.limiter, `max_busy_ratio`,
-default 0.05 of one core), so a storm of clients waits instead of slowing training;
+default 0.03 of one core), so a storm of clients waits instead of slowing training;
 /healthz is exempt. The bodies are made once per change (exporter.views), so most
 answers cost little more than reading the request and writing the bytes.
 
