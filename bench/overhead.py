@@ -53,7 +53,9 @@ class Scraper(threading.Thread):
         self.address = (parts.hostname, parts.port)
         self.request = SCRAPE_REQUEST.format(path=parts.path, host=parts.netloc).encode()
         self.interval = interval
-        self.latencies: list[float] = []
+        self.latencies: list[float] = []  # after warm-up
+        self.warmup_latencies: list[float] = []  # start-up, the first eval and the first iterations
+        self.warmed_up = threading.Event()  # set by run_trainer at the first log line past warm-up
         self.sizes: list[int] = []
         self.gzip_sizes: list[int] = []
         self.connections = 0
@@ -74,7 +76,7 @@ class Scraper(threading.Thread):
                     connection.close()
                 connection = None  # closed while idle, or the trainer is shutting down
                 continue
-            self.latencies.append(time.perf_counter() - started)
+            (self.latencies if self.warmed_up.is_set() else self.warmup_latencies).append(time.perf_counter() - started)
             self.gzip_sizes.append(len(body))
             self.sizes.append(len(gzip.decompress(body)) if b"content-encoding: gzip" in head.lower() else len(body))
             if b"connection: close" in head.lower():
@@ -128,6 +130,8 @@ def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
                     scraper.start()
                 if (match := LOG_LINE.match(line)) and int(match.group(1)) >= warmup:
                     rates.append(float(match.group(2)))
+                    if scraper is not None:
+                        scraper.warmed_up.set()
                     marks.append((int(match.group(1)), process_cpu_seconds(proc.pid)))
         except BaseException:
             proc.kill()  # interrupted (Ctrl-C): leave no orphan trainer behind
@@ -169,6 +173,7 @@ def main() -> None:
             print(f"pair {pair + 1} metrics {'on ' if metrics else 'off'}: {rate:,.0f} tokens/s, "
                   f"trainer CPU {step:.2f} ms per iteration after warm-up, {cpu:.2f} s in all", flush=True)
     latencies = [x for s in scrapers for x in s.latencies]
+    warmup_latencies = [x for s in scrapers for x in s.warmup_latencies]
     sizes = [x for s in scrapers for x in s.sizes]
     gzip_sizes = [x for s in scrapers for x in s.gzip_sizes]
     print(f"tokens/s median: off {statistics.median(off):,.0f}, on {statistics.median(on):,.0f}")
@@ -183,7 +188,10 @@ def main() -> None:
     if latencies:
         print(f"/metrics scrapes: {len(latencies)}, latency p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
               f"p90 {percentile(latencies, 0.9) * 1000:.2f} ms, p99 {percentile(latencies, 0.99) * 1000:.2f} ms, "
-              f"over {sum(s.connections for s in scrapers)} connections")
+              f"over {sum(s.connections for s in scrapers)} connections (after warm-up)")
+        if warmup_latencies:
+            print(f"/metrics during warm-up (start-up, first eval): {len(warmup_latencies)} scrapes, "
+                  f"p50 {percentile(warmup_latencies, 0.5) * 1000:.2f} ms, max {max(warmup_latencies) * 1000:.1f} ms")
         print(f"/metrics size: {statistics.median(sizes):,.0f} bytes ({statistics.median(gzip_sizes):,.0f} as sent, gzipped)")
     print(f"loadavg at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 

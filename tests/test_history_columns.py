@@ -5,13 +5,12 @@ Over real HTTP against a real in-process TrainingMonitor, like tests/test_server
 
 import json
 import math
-import urllib.error
-import urllib.request
 
 import pytest
 
 from exporter import History, Point, TrainingMonitor
 from exporter.history import COLUMNS
+from tests.support.procs import http_json_answer
 
 
 @pytest.fixture
@@ -34,12 +33,7 @@ def server(monitor):
 
 
 def get(server, path):
-    """(status, parsed JSON body) of one GET; HTTP errors are answers too."""
-    try:
-        with urllib.request.urlopen(server.url + path, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return http_json_answer(server.url + path)
 
 
 def as_points(body):

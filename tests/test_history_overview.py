@@ -3,8 +3,6 @@ loads first, sized to its chart, and what a zoom loads at full resolution."""
 
 import json
 import math
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from hypothesis import strategies as st
 
 from exporter import History, Point, TrainingMonitor
 from exporter.history import overview_indices
+from tests.support.procs import http_json_answer
 
 
 def history(losses, evals=(), recent=100_000):
@@ -94,11 +93,7 @@ def server():
 
 
 def get(server, path):
-    try:
-        with urllib.request.urlopen(server.url + path, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return http_json_answer(server.url + path)
 
 
 def test_the_page_asks_for_an_overview_over_http(server):

@@ -126,6 +126,15 @@ def http_json(url: str, timeout: float = 5.0, data: bytes | None = None):
         return json.loads(r.read())
 
 
+def http_json_answer(url: str, timeout: float = 5.0) -> tuple[int, object]:
+    """(status, parsed JSON body) of one GET; HTTP errors are answers too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 class Process:
     """A child in its own process group whose output is collected line by line."""
 
