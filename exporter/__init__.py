@@ -11,7 +11,8 @@
 It never imports torch: it takes plain Python numbers the loop already has.
 """
 
-from .history import History, Point
+from .history import History
+from .point import Point
 from .metricslog import MetricsLog
 from .monitor import TrainingMonitor
 from .server import MetricsServer, PortInUseError, ServeError

@@ -6,7 +6,7 @@ reloads the history it had. Lines a full disk refused wait, bounded, and go
 out with the next write that succeeds. Reading skips a line torn by a kill.
 
 Deliberately not here: the bounded in-memory history the live API serves
-(exporter.history), CSV formatting (history.csv_lines), Prometheus or HTTP.
+(exporter.history), CSV formatting (point.csv_lines), Prometheus or HTTP.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .history import Point
+from .point import Point
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,14 @@ from typing import Any, Iterator, Optional
 
 from prometheus_client import CollectorRegistry
 
-from .history import History, Point, csv_lines
+from .history import History
+from .point import Point, csv_lines
 from .metricslog import MetricsLog
 from .devices import device_status
 from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
 from .metrics import TrainingMetrics, create_metrics
 from .server import MetricsServer
-from .status import snapshot
+from .status import READ_SECONDS, snapshot
 from .trend import DebiasedEma
 from .version import VERSION
 
@@ -321,7 +322,7 @@ class TrainingMonitor:
         """The /api/status snapshot: state, latest figures, rates, ETA, trend and window mean."""
         with self._changed:
             fields = dict(self._status)
-        answer = snapshot(self.run_id, self.rank, fields, self.history.since(None), self._ema.value,
+        answer = snapshot(self.run_id, self.rank, fields, self.history.tail(READ_SECONDS), self._ema.value,
                           time.time() if now is None else now)
         answer["gpus"] = device_status(self._device_collectors)
         answer["scalars"] = dict(self._scalars)

@@ -190,7 +190,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_history(self, query: dict) -> None:
         """?since=ITER / ?until=ITER for a range; ?format=columns (with ?fields=a,b) for an array per
-        field; ?points=N for an overview of about N points (exporter.history.overview_indices)."""
+        field; ?points=N for an overview of about N points (exporter.overview.overview_indices)."""
         since = cursor_param(query.get("since", [None])[-1], "since")
         until = cursor_param(query.get("until", [None])[-1], "until")
         points = cursor_param(query.get("points", [None])[-1], "points")

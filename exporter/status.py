@@ -15,9 +15,10 @@ import math
 from typing import Any, Optional, Sequence
 
 from . import trend
-from .history import Point
+from .point import Point
 
 RATE_WINDOW_SECONDS = 60.0  # iterations/s over the last minute, like rate(nanogpt_iterations_total[1m])
+READ_SECONDS = 2 * trend.WINDOW_SECONDS  # how far back before the newest point a snapshot reads (History.tail)
 
 
 def snapshot(run_id: str, rank: int, fields: dict[str, Any], points: Sequence[Point], loss_ema: Optional[float],

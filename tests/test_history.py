@@ -4,12 +4,14 @@ import csv
 import io
 import json
 import math
+import tracemalloc
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.history import COLUMNS, History, Point, csv_lines
+from exporter.history import History
+from exporter.point import COLUMNS, Point, csv_lines
 from exporter.metricslog import MetricsLog
 
 
@@ -136,3 +138,71 @@ def test_csv_has_a_header_then_one_row_per_point_with_empty_cells_for_missing():
     assert rows[1][COLUMNS.index("lr")] == "0.5"
     assert rows[2][COLUMNS.index("loss")] == "" and rows[2][COLUMNS.index("val_loss")] == ""
     assert len(rows) == 3
+
+
+def logged(i):
+    """A point with every kind of value: missing fields, a NaN loss, evaluations now and then."""
+    return Point(i, float("nan") if i % 97 == 3 else 2.0 + 1 / (i + 1), lr=6e-4 if i % 2 else None,
+                 step_seconds=0.1, timestamp=1_000.0 + i, grad_norm=float("inf") if i == 11 else 0.5,
+                 val_loss=1.5 + 1 / (i + 1) if i % 50 == 0 else None)
+
+
+def test_older_points_kept_as_bare_numbers_come_back_as_they_were_logged():
+    history = History(recent=10, older=10_000)
+    points = [logged(i) for i in range(2_000)]
+    for p in points:
+        history.append(p)
+    assert json.loads(history.to_json("r", 0))["points"] == [p.to_json() for p in points]
+    columns = json.loads(history.to_json("r", 0, layout="columns"))
+    assert all(columns[name] == [p.to_json()[name] for p in points] for name in COLUMNS)
+    again = history.since(None)
+    assert [p.to_json() for p in again] == [p.to_json() for p in points] and again[-10:] == points[-10:]
+
+
+def test_an_overview_of_older_points_is_the_same_as_of_the_points_themselves():
+    thinned, whole = History(recent=10, older=10_000), History(recent=10_000)
+    for i in range(5_000):
+        thinned.append(logged(i))
+        whole.append(logged(i))
+    ask = dict(layout="columns", names=("iteration", "loss", "val_loss"), points=300)
+    assert thinned.to_json("r", 0, **ask) == whole.to_json("r", 0, **ask)
+
+
+def test_the_default_history_holds_over_100k_points_in_less_memory_than_12000_cached_points_took():
+    def filled(history, count):
+        for i in range(count):
+            history.append(Point(i, 2.0 + 1 / (i + 1), lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
+                                 elapsed_seconds=float(i), timestamp=1.7e9 + i, grad_norm=0.5, mfu=0.01,
+                                 loss_ema=2.0 + 1 / (i + 2)))
+        return history
+
+    def traced(make):
+        tracemalloc.start()
+        try:
+            kept = make()
+            return kept, tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    old_default, old_bytes = traced(lambda: filled(History(recent=10_000, older=2_000), 12_000))
+    new_default, new_bytes = traced(lambda: filled(History(), 103_000))
+    assert len(old_default) == 12_000 and len(new_default) == 103_000 and new_bytes < old_bytes
+
+
+def test_a_status_reads_only_the_window_before_the_newest_point():
+    history = History(recent=100, older=10_000)
+    for i in range(5_000):
+        history.append(Point(i, 1.0, timestamp=1_000.0 + i))
+    assert [p.iteration for p in history.tail(50)] == list(range(4_949, 5_000))  # from the recent points
+    assert [p.iteration for p in history.tail(500)] == list(range(4_499, 5_000))  # older points too
+    assert [p.iteration for p in History().tail(50)] == []
+
+
+def test_a_status_window_over_many_older_points_reads_them_evenly_thinned():
+    history = History(recent=100, older=100_000)
+    for i in range(50_000):
+        history.append(Point(i, 1.0, timestamp=1_000.0 + i / 100))  # 100 points a second
+    tail = [p.iteration for p in history.tail(400)]
+    assert len(tail) <= 3_100 and tail[0] == 9_999 and tail[-100:] == list(range(49_900, 50_000))
+    gaps = {b - a for a, b in zip(tail, tail[1:-100])}
+    assert len(gaps) == 1  # one stride through the older points

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from exporter import History, Point, TrainingMonitor
-from exporter.history import COLUMNS
+from exporter.point import COLUMNS
 from tests.support.procs import http_json_answer
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import History, Point, TrainingMonitor
-from exporter.history import overview_indices
+from exporter.overview import overview_indices
 from tests.support.procs import http_json_answer
 
 
