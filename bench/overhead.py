@@ -6,8 +6,9 @@ with metrics on a free port while a client here GETs /metrics every 100 ms
 of the trainer's own per-log-interval tok/s figures after warm-up), the ratio
 on/off of each pair and their median and spread, the same for the trainer's
 CPU time per iteration after warm-up off/on (steadier than wall time on a busy
-machine; all threads, the server's included) and for its whole process, and the
-/metrics latency p50/p99 and size (Prometheus-like requests on a kept-alive plain socket, so
+machine; all threads, the server's included) and for its whole process, the share
+of the CPU the trainer's other threads (serving) took within each run (free of the
+run-to-run spread), and the /metrics latency p50/p99 and size (Prometheus-like requests on a kept-alive plain socket, so
 the figure is the exporter's, not a client library's). A benchmark, not a test: it asserts
 nothing. Usage:
 
@@ -103,17 +104,20 @@ class Scraper(threading.Thread):
         return head, body
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process, all its threads (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_seconds(pid: int, main_thread: bool = False) -> float:
+    """User + system CPU seconds of a running process, all its threads (/proc/PID/stat), or of its
+    main thread alone (the training loop)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
-                threads: int) -> tuple[float, float, float, Scraper | None]:
+                threads: int) -> tuple[float, float, float, float, Scraper | None]:
     """One training run; returns (median tokens/s after warm-up, CPU ms per iteration after warm-up,
-    CPU seconds of the whole process, the scraper or None). The per-iteration figure is what
-    monitoring costs while training; the whole-process one adds the exporter's start-up."""
+    the share of that CPU the process's other threads took (the HTTP server, mostly), CPU seconds
+    of the whole process, the scraper or None). The per-iteration figure is what monitoring costs
+    while training; the whole-process one adds the exporter's start-up."""
     # a fixed torch thread count: spinning OpenMP threads on a busy machine swamp a 1 % effect
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as out_dir:
@@ -132,7 +136,8 @@ def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
                     rates.append(float(match.group(2)))
                     if scraper is not None:
                         scraper.warmed_up.set()
-                    marks.append((int(match.group(1)), process_cpu_seconds(proc.pid)))
+                    marks.append((int(match.group(1)), process_cpu_seconds(proc.pid),
+                                  process_cpu_seconds(proc.pid, main_thread=True)))
         except BaseException:
             proc.kill()  # interrupted (Ctrl-C): leave no orphan trainer behind
             raise
@@ -143,9 +148,10 @@ def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0 or len(marks) < 2:
             raise SystemExit(f"error: the trainer failed (exit {proc.returncode}); run it alone to see why")
-        (first, cpu_first), (last, cpu_last) = marks[0], marks[-1]
+        (first, cpu_first, main_first), (last, cpu_last, main_last) = marks[0], marks[-1]
         per_iteration = (cpu_last - cpu_first) / (last - first) * 1000
-        return statistics.median(rates), per_iteration, usage.ru_utime + usage.ru_stime, scraper
+        others = 1 - (main_last - main_first) / (cpu_last - cpu_first) if cpu_last > cpu_first else 0.0
+        return statistics.median(rates), per_iteration, others, usage.ru_utime + usage.ru_stime, scraper
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -162,10 +168,13 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="flags passed to the trainer (after --)")
     args = parser.parse_args()
     off, on, step_off, step_on, cpu_off, cpu_on, scrapers = [], [], [], [], [], [], []
+    others_off, others_on = [], []
     for pair in range(args.pairs):
         for metrics in ((False, True) if pair % 2 == 0 else (True, False)):  # interleaved: no drift bias
-            rate, step, cpu, scraper = run_trainer(metrics, args.max_iters, args.extra, args.warmup, args.threads)
+            rate, step, others, cpu, scraper = run_trainer(metrics, args.max_iters, args.extra, args.warmup,
+                                                           args.threads)
             (on if metrics else off).append(rate)
+            (others_on if metrics else others_off).append(others)
             (step_on if metrics else step_off).append(step)
             (cpu_on if metrics else cpu_off).append(cpu)
             if scraper is not None:
@@ -182,6 +191,10 @@ def main() -> None:
     print(f"trainer CPU ms per iteration after warm-up, median: off {statistics.median(step_off):.2f}, "
           f"on {statistics.median(step_on):.2f}")
     print("ratio off/on, CPU per iteration: " + spread([a / b for a, b in zip(step_off, step_on)]) + " (target >= 0.99)")
+    # measured within each run, so free of the run-to-run spread of the ratio above
+    print(f"share of that CPU the trainer's other threads (serving) took, median: off "
+          f"{statistics.median(others_off) * 100:.2f} %, on {statistics.median(others_on) * 100:.2f} % "
+          f"(range {min(others_on) * 100:.2f}..{max(others_on) * 100:.2f} %)")
     print(f"trainer CPU seconds in all (start-up and exit included), median: off {statistics.median(cpu_off):.2f}, "
           f"on {statistics.median(cpu_on):.2f}")
     print("ratio off/on, CPU seconds in all: " + spread([a / b for a, b in zip(cpu_off, cpu_on)]))
