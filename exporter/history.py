@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from .overview import overview_indices
-from .point import COLUMNS, NUMBERS, Point
+from .point import COLUMNS, CSV_HEADER, NUMBERS, Point, csv_row
 from .tables import CachedTable, ThinnedColumns, thinned_json, thinned_points, thinned_texts
 
 RECENT_POINTS = 3_000  # newest points kept at full resolution, their JSON cached
@@ -34,6 +34,7 @@ OLDER_POINTS = 100_000  # cap on thinned older points (bare numbers)
 FORMATS = ("points", "columns")  # /api/history?format=: an object per point (the default), or an array per field
 MAX_OVERVIEW_POINTS = 100_000  # /api/history?points=: more than any screen has pixel columns
 MAX_TAIL_OLDER = 3_000  # older points a History.tail (each status) reads at most
+CSV_CHUNK = 4_096  # older points formatted at a time for CSV
 
 
 class History:
@@ -53,7 +54,7 @@ class History:
         it (a re-logged or resumed iteration), so iterations stay strictly increasing."""
         point.json  # serialise now, on the caller's thread (~5 us), so serving the history is a join
         with self._lock:
-            newest = self._recent.last()
+            newest = self._last_locked()
             if newest is not None and point.iteration <= newest.iteration:
                 self._truncate_locked(point.iteration - 1)
             self._recent.append(point)
@@ -110,11 +111,10 @@ class History:
         that time, oldest first: what a status reads (trend windows, rates) in O(window), however
         long the run."""
         with self._lock:
-            newest = self._recent.last()
-            if newest is None or newest.timestamp is None:
-                return [newest] if newest is not None else []
+            newest, recent = self._recent.last(), self._recent.points[self._recent.first:]
+            if newest is None or newest.timestamp is None:  # no clock to count back from: what is recent
+                return recent
             start = newest.timestamp - seconds
-            recent = self._recent.points[self._recent.first:]
             if recent[0].timestamp is not None and recent[0].timestamp <= start:  # the recent points cover it
                 keep = len(recent) - 1
                 while keep > 0 and not (recent[keep].timestamp is not None and recent[keep].timestamp <= start):
@@ -179,7 +179,27 @@ class History:
 
     def last(self) -> Optional[Point]:
         with self._lock:
-            return self._recent.last()
+            return self._last_locked()
+
+    def _last_locked(self) -> Optional[Point]:
+        """The newest point: the newest recent one, or the newest older one after a truncate."""
+        newest = self._recent.last()
+        if newest is None and len(self._older):
+            newest = thinned_points(self._older.copy(len(self._older) - 1, len(self._older)))[0]
+        return newest
+
+    def csv_lines(self) -> Iterator[str]:
+        """The header row, then one CSV row per point held, oldest first. Lazy: the points are
+        copied at the first row and the older ones formatted a chunk at a time as rows are read,
+        so a paced reader (exporter.routes, a turn per 512 rows) paces the work too."""
+        yield CSV_HEADER
+        with self._lock:
+            older, recent = self._older.copy(0, len(self._older)), self._recent.points[self._recent.first:]
+        for start in range(0, len(older[0]), CSV_CHUNK):
+            texts = [thinned_texts(column[start:start + CSV_CHUNK], name) for column, name in zip(older, COLUMNS)]
+            yield from map(csv_row, zip(*texts))
+        for point in recent:
+            yield csv_row(point.json_values)
 
     def __len__(self) -> int:
         with self._lock:

@@ -337,7 +337,7 @@ class TrainingMonitor:
         at full resolution, across resumes), else from memory."""
         if self.metrics_log is not None and self.metrics_log.path.is_file():
             return csv_lines(self.metrics_log.read())
-        return csv_lines(self.history.since(None))
+        return self.history.csv_lines()
 
     def serve(self, host: str = "127.0.0.1", port: int = 0, **options: Any):
         """Start the HTTP server for this monitor in a daemon thread; returns a MetricsServer."""

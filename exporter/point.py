@@ -75,8 +75,16 @@ def _json_number(value) -> str:
     return json.dumps(value)
 
 
+CSV_HEADER = ",".join(COLUMNS) + "\n"  # plain identifiers: nothing to quote
+
+
+def csv_row(texts: Iterable[str]) -> str:
+    """One CSV row from a point's fields' JSON text: numbers need no quoting; null is an empty cell."""
+    return ",".join("" if v == "null" else v for v in texts) + "\n"
+
+
 def csv_lines(points: Iterable[Point]) -> Iterator[str]:
     """The header row, then one CSV row per point (empty cells for None and non-finite values)."""
-    yield ",".join(COLUMNS) + "\n"  # plain identifiers: nothing to quote
-    for point in points:  # numbers need no CSV quoting: each field's cached JSON text, null as empty
-        yield ",".join("" if v == "null" else v for v in point.json_values) + "\n"
+    yield CSV_HEADER
+    for point in points:
+        yield csv_row(point.json_values)

@@ -62,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
     owner: Any
     timeout = REQUEST_TIMEOUT_SECONDS  # StreamRequestHandler applies it to the socket
     server_version = "nanogpt-monitor"
-    protocol_version = "HTTP/1.1"  # keep-alive; an HTTP/1.0 client still gets one request per connection
+    protocol_version = "HTTP/1.1"  # keep-alive; an HTTP/1.0 request gets one answer and a close
 
     def setup(self) -> None:
         self.owner.limiter.mark(since_thread_start=True)  # all of a request's CPU is charged, its head included
@@ -72,11 +72,14 @@ class Handler(BaseHTTPRequestHandler):
         # each request's head (a kept-alive connection's next one too) is under the head deadline, so
         # an idle kept-alive connection is closed after request_timeout s like a stalled one
         self._responded = False
+        if self.owner.closing.is_set():  # the server closed while this connection was kept alive
+            self.close_connection = True
+            return
         self.owner.head_started(self.connection)
         super().handle_one_request()
 
     def finish(self) -> None:
-        self.owner.head_done(self.connection)
+        self.owner.head_done(self.connection, closed=True)
         try:
             super().finish()
         finally:
@@ -138,9 +141,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _keeps_connection(self, code: int) -> bool:
         """Whether the connection may carry another request after this answer: not after an
-        error, another method than GET, or a request with a body (which was never read)."""
+        error, another method than GET, a request with a body (which was never read), or an
+        HTTP/1.0 request (which would need a Connection: keep-alive answer to stay open)."""
         headers = getattr(self, "headers", None) or {}
-        return code < 400 and self.command == "GET" and not (
+        return code < 400 and self.command == "GET" and self.request_version == "HTTP/1.1" and not (
             headers.get("Content-Length") or headers.get("Transfer-Encoding"))
 
     def _send(self, code: int, body: bytes, content_type: str, headers: Optional[dict] = None) -> None:

@@ -61,6 +61,15 @@ class _StreamTracker:
             self.owner._streams_done.notify_all()
 
 
+def _shut_down(connections: list[socket.socket]) -> None:
+    """Shut connections down: a handler's blocked read returns EOF and its thread ends."""
+    for connection in connections:
+        try:  # the plain socket's shutdown, also under TLS
+            socket.socket.shutdown(connection, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+
+
 def _quiet_connection_error(server: ThreadingHTTPServer, request: Any, client_address: Any) -> None:
     """socketserver prints a traceback when a connection fails (a failed TLS handshake, a reset):
     keep the training log clean, leave a debug line."""
@@ -91,6 +100,7 @@ class MetricsServer:
         self.limiter = DutyLimiter(max_busy_ratio, stop=self.closing, paced=lambda: monitor.running)
         self.request_timeout = request_timeout
         self._heads: dict[socket.socket, float] = {}  # connection -> monotonic deadline for its request head
+        self._connections: set[socket.socket] = set()  # open ones, kept-alive included: close() ends them
         self._heads_lock = threading.Lock()
         self._streams_done = threading.Condition()
         self._open_streams = 0
@@ -136,10 +146,13 @@ class MetricsServer:
     def head_started(self, connection: socket.socket) -> None:
         with self._heads_lock:
             self._heads[connection] = time.monotonic() + self.request_timeout
+            self._connections.add(connection)
 
-    def head_done(self, connection: socket.socket) -> None:
+    def head_done(self, connection: socket.socket, closed: bool = False) -> None:
         with self._heads_lock:
             self._heads.pop(connection, None)
+            if closed:
+                self._connections.discard(connection)
 
     def _drop_stalled_heads(self) -> None:
         """Shut down connections still sending their request line and headers `request_timeout` s
@@ -150,11 +163,7 @@ class MetricsServer:
             stalled = [c for c, deadline in self._heads.items() if deadline < now]
             for connection in stalled:
                 del self._heads[connection]
-        for connection in stalled:
-            try:  # the plain socket's shutdown, also under TLS: the handler's blocked read returns EOF
-                socket.socket.shutdown(connection, socket.SHUT_RDWR)
-            except OSError:
-                pass  # already gone
+        _shut_down(stalled)
 
     def track_stream(self) -> _StreamTracker:
         return _StreamTracker(self)
@@ -168,6 +177,9 @@ class MetricsServer:
         self.monitor.wake_waiters()
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._heads_lock:  # kept-alive connections would otherwise go on answering for the old run
+            open_connections = list(self._connections)
+        _shut_down(open_connections)
         with self._streams_done:
             self._streams_done.wait_for(lambda: self._open_streams == 0, timeout=timeout)
         self._thread.join(timeout=timeout)

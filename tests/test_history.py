@@ -206,3 +206,29 @@ def test_a_status_window_over_many_older_points_reads_them_evenly_thinned():
     assert len(tail) <= 3_100 and tail[0] == 9_999 and tail[-100:] == list(range(49_900, 50_000))
     gaps = {b - a for a, b in zip(tail, tail[1:-100])}
     assert len(gaps) == 1  # one stride through the older points
+
+
+def test_the_csv_of_the_history_is_every_point_held_older_ones_included():
+    history = History(recent=10, older=1_000)
+    for i in range(300):
+        history.append(logged(i))
+    assert list(history.csv_lines()) == list(csv_lines(history.since(None)))
+    assert len(list(history.csv_lines())) == 301
+
+
+def test_iterations_stay_increasing_after_a_truncate_into_the_older_points():
+    history = History(recent=5, older=1_000)
+    for i in range(100):
+        history.append(Point(i, 1.0))
+    history.truncate(50)
+    assert history.last().iteration == 50
+    history.append(Point(40, 2.0))  # a resume from an earlier checkpoint
+    iterations = [p.iteration for p in history.since(None)]
+    assert iterations == list(range(41)) and history.last().loss == 2.0
+
+
+def test_a_status_without_timestamps_reads_the_recent_points():
+    history = History(recent=10, older=1_000)
+    for i in range(100):
+        history.append(Point(i, 1.0))
+    assert [p.iteration for p in history.tail(50)] == list(range(90, 100))

@@ -54,10 +54,11 @@ def test_one_connection_carries_scrape_after_scrape(server):
             assert status.startswith(b"HTTP/1.1 200") and headers.get("connection") != "close" and body
 
 
-def test_an_http_1_0_request_still_gets_its_answer_and_a_close(server):
+@pytest.mark.parametrize("headers", ["", "Connection: keep-alive\r\n"])
+def test_an_http_1_0_request_still_gets_its_answer_and_a_close(server, headers):
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-        assert read_answer(sock)[2] == b"ok\n" and closed_by_server(sock)
+        sock.sendall(f"GET /healthz HTTP/1.0\r\n{headers}\r\n".encode())
+        assert read_answer(sock)[2] == b"ok\n" and closed_by_server(sock, timeout=REQUEST_TIMEOUT / 2)
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -89,3 +90,15 @@ def test_an_idle_kept_connection_is_closed_after_the_request_timeout(server):
         started = time.monotonic()
         assert closed_by_server(sock, timeout=REQUEST_TIMEOUT + 3)
         assert time.monotonic() - started >= REQUEST_TIMEOUT * 0.9
+
+
+def test_a_closed_server_answers_nothing_more_on_a_kept_connection(server):
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_answer(sock)
+        server.close()
+        try:
+            sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return  # closed already
+        assert closed_by_server(sock, timeout=REQUEST_TIMEOUT / 2)
