@@ -27,6 +27,9 @@ from . import stream
 from .views import json_bytes
 
 REQUEST_TIMEOUT_SECONDS = 10.0  # per socket read/write: a client this slow is dropped
+# how long a kept-alive connection waits for its next request: longer than a 1-minute scrape
+# interval (Prometheus' default; this project's config scrapes every 15 s), so scrapes reuse it
+IDLE_SECONDS = 65.0
 
 ROUTES = {  # path -> handler method; the one place a route is added
     "/": "page",
@@ -68,15 +71,29 @@ class Handler(BaseHTTPRequestHandler):
         self.owner.limiter.mark(since_thread_start=True)  # all of a request's CPU is charged, its head included
         super().setup()
 
+    _answered = False  # set once this connection answered a request: the next one may wait idle
+
     def handle_one_request(self) -> None:
-        # each request's head (a kept-alive connection's next one too) is under the head deadline, so
-        # an idle kept-alive connection is closed after request_timeout s like a stalled one
+        # each request's head (a kept-alive connection's next one too) is under the head deadline,
+        # from its first byte on; before it, a kept-alive connection may wait idle_seconds
         self._responded = False
-        if self.owner.closing.is_set():  # the server closed while this connection was kept alive
-            self.close_connection = True
+        if self.owner.closing.is_set() or (self._answered and not self._next_request_started()):
+            self.close_connection = True  # the server closed, or the client left the connection idle
             return
         self.owner.head_started(self.connection)
         super().handle_one_request()
+        self._answered = True
+
+    def _next_request_started(self) -> bool:
+        """Wait up to the server's idle_seconds for the first byte of a kept-alive connection's next
+        request (already there when pipelined); False when none came or the connection closed."""
+        self.connection.settimeout(self.owner.idle_seconds)
+        try:
+            return bool(self.rfile.peek(1))
+        except OSError:  # the idle time ran out (TimeoutError), or close() shut the connection down
+            return False
+        finally:
+            self.connection.settimeout(self.timeout)
 
     def finish(self) -> None:
         self.owner.head_done(self.connection, closed=True)

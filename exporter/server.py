@@ -3,9 +3,9 @@
 A stdlib ThreadingHTTPServer in a daemon thread: one daemon thread per
 connection (kept alive between requests: exporter.routes), a socket timeout on
 every connection (a slow or stuck client gets dropped and never blocks /metrics
-or training), a deadline for each request's head (which also closes a kept-alive
-connection left idle), and `close()` that stops the listener and ends open event
-streams.
+or training), a deadline for each request's head, an idle limit on kept-alive
+connections, and `close()` that stops the listener and ends every open connection,
+event streams included.
 Request work takes turns under a duty-cycle limit (exporter.limiter, `max_busy_ratio`,
 default 0.03 of one core), so a storm of clients waits instead of slowing training;
 /healthz is exempt. The bodies are made once per change (exporter.views), so most
@@ -28,7 +28,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any, Optional
 
 from .limiter import DEFAULT_MAX_BUSY_RATIO, DutyLimiter
-from .routes import REQUEST_TIMEOUT_SECONDS, Handler
+from .routes import IDLE_SECONDS, REQUEST_TIMEOUT_SECONDS, Handler
 from .views import MAX_AGE_SECONDS, Views
 from .webconfig import BasicAuth, WebConfig
 
@@ -85,11 +85,12 @@ class MetricsServer:
     def __init__(self, monitor: Any, host: str = "127.0.0.1", port: int = 0,
                  keepalive_seconds: float = KEEPALIVE_SECONDS, request_timeout: float = REQUEST_TIMEOUT_SECONDS,
                  web_config: Optional[WebConfig] = None, max_busy_ratio: float = DEFAULT_MAX_BUSY_RATIO,
-                 max_age: float = MAX_AGE_SECONDS,
+                 max_age: float = MAX_AGE_SECONDS, idle_seconds: float = IDLE_SECONDS,
                  poll_interval: float = 0.1):
-        """`poll_interval`: seconds between the listener's wake-ups (to notice close() and drop stalled
+        """`idle_seconds`: how long a kept-alive connection may wait for its next request.
+        `poll_interval`: seconds between the listener's wake-ups (to notice close() and drop stalled
         request heads); each costs a little CPU, which adds up only where one process hosts many servers."""
-        self.monitor, self.keepalive_seconds = monitor, keepalive_seconds
+        self.monitor, self.keepalive_seconds, self.idle_seconds = monitor, keepalive_seconds, idle_seconds
         self.views = Views(monitor, max_age)  # the bodies, made once per change (see exporter.views)
         web_config = web_config or WebConfig()
         self.scheme = web_config.scheme

@@ -11,6 +11,7 @@ import pytest
 from exporter import TrainingMonitor
 
 REQUEST_TIMEOUT = 1.0
+IDLE = 2.0
 
 
 @pytest.fixture
@@ -18,7 +19,8 @@ def server():
     monitor = TrainingMonitor(run_id="ka", rank=0)
     monitor.run_started(max_iterations=100)
     monitor.log(iteration=1, loss=2.0)
-    server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.2, request_timeout=REQUEST_TIMEOUT)
+    server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.2, request_timeout=REQUEST_TIMEOUT,
+                           idle_seconds=IDLE)
     yield server
     server.close()
 
@@ -83,13 +85,32 @@ def test_answers_without_a_length_end_by_closing(server, path):
         assert b"\r\nConnection: close\r\n" in head and b"Content-Length" not in head
 
 
-def test_an_idle_kept_connection_is_closed_after_the_request_timeout(server):
+def test_a_kept_connection_may_wait_longer_than_the_request_timeout_for_its_next_request(server):
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_answer(sock)
+        time.sleep(REQUEST_TIMEOUT * 1.5)  # idle: no head has started, so no head deadline runs
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock)[2] == b"ok\n"
+
+
+def test_an_idle_kept_connection_is_closed_after_the_idle_time(server):
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         read_answer(sock)
         started = time.monotonic()
+        assert closed_by_server(sock, timeout=IDLE + 3)
+        assert IDLE * 0.9 <= time.monotonic() - started < IDLE + 2
+
+
+def test_a_next_request_trickling_in_still_meets_the_head_deadline(server):
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_answer(sock)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")  # and never the rest
+        started = time.monotonic()
         assert closed_by_server(sock, timeout=REQUEST_TIMEOUT + 3)
-        assert time.monotonic() - started >= REQUEST_TIMEOUT * 0.9
+        assert time.monotonic() - started < REQUEST_TIMEOUT + 1
 
 
 def test_a_closed_server_answers_nothing_more_on_a_kept_connection(server):
