@@ -262,7 +262,10 @@ def test_slow_clients_cannot_block_metrics(server):
         reader.start()
         while reader.is_alive() and not answered:
             for sock in slow:
-                sock.sendall(b"i")
+                try:
+                    sock.sendall(b"i")
+                except OSError:
+                    pass  # dropped at its head deadline (2 s here), as a slow client may be
             reader.join(timeout=0.3)
         assert answered == [200]  # (a bound, not a timing figure: get() itself gives up after 5 s)
     finally:
