@@ -281,7 +281,8 @@ def test_a_page_served_before_the_run_started_gets_the_tree(page_factory):
     server = monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.5)
     try:
         page, _ = page_factory()
-        # the model arrives while the page loads its history, after the HTML was served without it
+        # the model arrives after the HTML was served without it: when the page, which carried an
+        # empty history, asks for the backlog as its stream opens, while it also asks for the model
         page.route("**/api/history*", lambda route: (monitor.run_started(**RUN), route.continue_()))
         page.goto(server.url + "/")
         expect(page.get_by_test_id("module-transformer-h-0-attn")).to_contain_text("2 heads")
