@@ -33,10 +33,14 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from exporter.page import CHART_FIELDS  # noqa: E402
+
 TRAINER_FLAGS = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64", "--batch_size=8",
                  "--device=cpu", "--compile=False", "--max_iters=10000000", "--eval_interval=1000000",
                  "--eval_iters=2", "--log_interval=10", "--warmup_iters=10"]
-FIELDS = "iteration,loss,timestamp,val_loss,eval_train_loss"
+FIELDS = ",".join(CHART_FIELDS)  # what the page asks for
 ENDPOINTS = ["/metrics", "/", "/api/status", f"/api/history?format=columns&fields={FIELDS}&points=2000",
              "/api/history", "/export.csv", "/api/stream"]
 TOKENS = re.compile(rb"^nanogpt_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)

@@ -32,6 +32,9 @@ import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from load import cpu_seconds  # noqa: E402 - the trainer's CPU, all threads or its main one
 LOG_LINE = re.compile(r"^iter (\d+): .*tok/s (\d+)")
 URL_LINE = re.compile(r"metrics: (http://\S+)/metrics")
 
@@ -104,14 +107,6 @@ class Scraper(threading.Thread):
         return head, body
 
 
-def process_cpu_seconds(pid: int, main_thread: bool = False) -> float:
-    """User + system CPU seconds of a running process, all its threads (/proc/PID/stat), or of its
-    main thread alone (the training loop)."""
-    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
                 threads: int) -> tuple[float, float, float, float, Scraper | None]:
     """One training run; returns (median tokens/s after warm-up, CPU ms per iteration after warm-up,
@@ -136,8 +131,8 @@ def run_trainer(metrics: bool, max_iters: int, extra: list[str], warmup: int,
                     rates.append(float(match.group(2)))
                     if scraper is not None:
                         scraper.warmed_up.set()
-                    marks.append((int(match.group(1)), process_cpu_seconds(proc.pid),
-                                  process_cpu_seconds(proc.pid, main_thread=True)))
+                    marks.append((int(match.group(1)), cpu_seconds(proc.pid),
+                                  cpu_seconds(proc.pid, thread=True)))
         except BaseException:
             proc.kill()  # interrupted (Ctrl-C): leave no orphan trainer behind
             raise

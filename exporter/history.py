@@ -162,7 +162,7 @@ class History:
             old = [i for i in kept if i < o1 - o0]
             older = {name: [column[i] for i in old] for name, column in older.items()}
             recent = [recent[i - (o1 - o0)] for i in kept[len(old):]]
-            cached = [[p.json_values[COLUMNS.index(name)] for p in recent] for name in names]
+            cached = [[p.json_values[k] for p in recent] for k in map(COLUMNS.index, names)]
         head = '{"run_id":%s,"rank":%s,' % (json.dumps(run_id), json.dumps(rank))
         if layout == "points":
             texts = thinned_json(tuple(older[name] for name in COLUMNS)) + [p.json for p in recent]

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from exporter import TrainingMonitor
-from exporter.page import CHART_FIELDS, FIRST_OVERVIEW_POINTS, model_summary, model_tree, render
+from exporter.page import CHART_FIELDS, TEMPLATE_PATH, FIRST_OVERVIEW_POINTS, model_summary, model_tree, render
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
 
@@ -114,3 +114,8 @@ def test_no_run_id_can_end_the_data_block_early():
     monitor.log(iteration=1, loss=2.0)
     block = first_history(render(monitor)[0].decode())
     assert "<" not in block and json.loads(block)["run_id"] == "</script><script>alert(1)</script>"
+
+
+def test_the_page_script_asks_for_the_fields_the_page_carries():
+    declared = re.search(r'const FIELDS = "([a-z_,]+)";', TEMPLATE_PATH.read_text()).group(1)
+    assert tuple(declared.split(",")) == CHART_FIELDS  # a zoom merges into what the first chart drew
