@@ -175,9 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = _StopSignals(StopRequest())
     signals.install()
     try:
-        return _run(cfg, distributed, rank, signals)
+        code = _run(cfg, distributed, rank, signals)
     finally:
         signals.restore()
+    if distributed:
+        # everything is written, the process group destroyed and the server closed: leave without
+        # interpreter finalisation, where gloo's C++ threads, torn down after Python, now and then
+        # abort a rank that finished cleanly ("terminate called without an active exception")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) -> int:
