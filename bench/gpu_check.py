@@ -28,6 +28,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -173,13 +174,15 @@ def throughput_claim(on: list[Run], off: list[Run]) -> Claim:
                  ratio >= 0.99)
 
 
-def mfu_claim(runs: list[Run], device_name: str, peak_flops: float, known: bool) -> Claim:
+def mfu_claim(runs: list[Run], device_name: str, peak_flops: Optional[float]) -> Claim:
+    low, high = MFU_PLAUSIBLE
+    title = f"MFU plausible for the device ({low:.1%}..{high:.0%})"
+    if peak_flops is None:
+        return Claim(title, f"no MFU: {device_name} is NOT in the peak table (nanogpt/device.py)", False)
     mfus = [m for run in runs for m in run.mfus]
     mfu = statistics.median(mfus) if mfus else math.nan
-    low, high = MFU_PLAUSIBLE
-    where = "from the table" if known else "NOT in the table: the default"
-    return Claim(f"MFU plausible for the device ({low:.1%}..{high:.0%})",
-                 f"{mfu:.1%} of {peak_flops / 1e12:.0f} TFLOP/s ({device_name}, peak {where})", low <= mfu <= high)
+    return Claim(title, f"{mfu:.1%} of {peak_flops / 1e12:.0f} TFLOP/s ({device_name}, peak from the table)",
+                 low <= mfu <= high)
 
 
 def oom_claim(run: Run) -> Claim:
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False): nothing to check here; "
               "run scripts/gpu_check.sh on a machine with an NVIDIA GPU. Skipped.")
         return 0
-    from nanogpt.device import GPU_PEAK_FLOPS, default_peak_flops
+    from nanogpt.device import known_peak_flops
 
     try:
         import pynvml  # noqa: F401 (the trainer's NVML readings need it)
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         sync_claim(probe, log_interval=10, eval_interval=1000, iters=probe_iters),
         gpu_metrics_claim(on[0].scrapes + on[1].scrapes),
         throughput_claim(on, off),
-        mfu_claim(on + off, name, default_peak_flops(device), any(key in name for key, _ in GPU_PEAK_FLOPS)),
+        mfu_claim(on + off, name, known_peak_flops(device, "bfloat16")),
         oom_claim(oom),
     ]
     print(table(rows))

@@ -95,7 +95,8 @@ def training() -> dashboard.Dashboard:
          .with_panel(stat_panel("Best val loss", "Lowest validation loss of any evaluation in the time range.",
                                 query(f"min_over_time({VAL_LOSS}[$__range])", instant=True), decimals=4,
                                 colour="green").height(4).span(4))
-         .with_panel(stat_panel("MFU", "Model FLOPs utilisation estimate (nanogpt_mfu_ratio).",
+         .with_panel(stat_panel("MFU", "Model FLOPs utilisation (nanogpt_mfu_ratio) against the device's known "
+                                "peak FLOP/s; NaN where the peak is not known (every CPU) unless --peak_flops is given.",
                                 query(sel("nanogpt_mfu_ratio")), unit="percentunit", decimals=1).height(4).span(4))
          .with_panel(time_chart("Step time p50 / p95", "Quantiles of the wall time per iteration over "
                                 "the last minute, all ranks of each run together (the "

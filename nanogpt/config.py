@@ -68,7 +68,7 @@ class TrainConfig:
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'; CPU always trains in float32
     compile: bool = False  # torch.compile the model (nanoGPT's default is True; here opt-in: slow to start on CPU)
     seed: int = 1337  # each DDP rank uses seed + rank
-    peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 = a default for the device
+    peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 = the known peak of NVIDIA GPUs in bf16/fp16, else no MFU
     preset: str = "cpu-small"  # named base config, see PRESETS
     # metrics (read by the CLI's exporter wiring, not by the loop)
     metrics_host: str = "127.0.0.1"

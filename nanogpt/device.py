@@ -1,18 +1,20 @@
-"""Device choices: which device and dtype, the autocast context, peak FLOP/s for MFU."""
+"""Device choices: which device and dtype, the autocast context, the known peak FLOP/s for MFU."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
+from typing import Optional
 
 import torch
 
-__all__ = ["resolve_device", "resolve_dtype", "autocast", "default_peak_flops", "synchronize", "memory_report",
+__all__ = ["resolve_device", "resolve_dtype", "autocast", "known_peak_flops", "synchronize", "memory_report",
            "out_of_memory_reason"]
 
 # Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, FLOP/s.
-# Matched as substrings of torch.cuda.get_device_name(), first match wins.
+# Matched as substrings of torch.cuda.get_device_name(), first match wins. These are the
+# only peaks the project knows: an MFU against any other device (every CPU, a GPU not
+# listed, float32 training) would be a guess, so it is no figure unless --peak_flops says.
 GPU_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989e12),
     ("H100", 989e12),
@@ -29,10 +31,6 @@ GPU_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("V100", 125e12),
     ("T4", 65e12),
 )
-UNKNOWN_GPU_PEAK_FLOPS = 312e12  # nanoGPT's A100 figure, for GPUs not in the table
-# A rough CPU figure: ~100 GFLOP/s per core in float32 (2 FMA units x 8 AVX2 lanes x
-# 2 FLOP x ~3 GHz). Real peaks vary a lot: pass --peak-flops for a meaningful CPU MFU.
-CPU_PEAK_FLOPS_PER_THREAD = 100e9
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,13 +56,12 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
 
 
-def default_peak_flops(device: torch.device) -> float:
-    """Peak FLOP/s for MFU when --peak-flops is not given (rough on CPU; see the constants)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), UNKNOWN_GPU_PEAK_FLOPS)
-    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
-    return CPU_PEAK_FLOPS_PER_THREAD * threads
+def known_peak_flops(device: torch.device, dtype: str) -> Optional[float]:
+    """The table's peak FLOP/s for training in `dtype` on `device`, or None where it is not known."""
+    if device.type != "cuda" or dtype not in ("bfloat16", "float16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS if key in name), None)
 
 
 def synchronize(device: torch.device) -> None:

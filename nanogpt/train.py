@@ -29,7 +29,7 @@ from nanogpt import events
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
 from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
-from nanogpt.device import (autocast, default_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
+from nanogpt.device import (autocast, known_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
                             synchronize)
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
@@ -216,7 +216,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     checkpoint = None  # free up memory
     fwd_model = torch.compile(raw_model) if cfg.compile else raw_model
     model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else fwd_model
-    peak_flops = cfg.peak_flops or default_peak_flops(device)
+    peak_flops = cfg.peak_flops or known_peak_flops(device, dtype)  # None: MFU is no figure here
 
     start_iter, start_time = iter_num, time.time()
     notify("on_run_start", events.RunStart(
@@ -287,7 +287,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                 grad_normf = grad_norm.item() if grad_norm is not None else None
                 step_seconds = (time.perf_counter() - span_start - span_excluded) / span_steps
                 mfu = None
-                if local_iter >= 5:  # let the first steps (allocation, warm-up) pass
+                if peak_flops and local_iter >= 5:  # let the first steps (allocation, warm-up) pass
                     mfu = raw_model.estimate_mfu(cfg.batch_size * gas, step_seconds, peak_flops)
                 if master:
                     eta = time.strftime("%H:%M:%S", time.gmtime((cfg.max_iters - iter_num) * step_seconds))

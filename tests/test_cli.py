@@ -18,6 +18,15 @@ def test_python_m_nanogpt_trains_and_logs_nanogpts_lines(tmp_path):
     assert (tmp_path / "out" / "ckpt.pt").is_file()
 
 
+@pytest.mark.parametrize("peak_flops, mfus", [(None, ["n/a", "n/a", "n/a"]), (1e12, ["n/a", "%", "%"])])
+def test_mfu_on_a_cpu_is_no_figure_unless_peak_flops_is_given(tmp_path, peak_flops, mfus):
+    more = [] if peak_flops is None else [f"--peak_flops={peak_flops}"]
+    run = run_cli(*tiny_flags(tmp_path, max_iters=10, log_interval=5, eval_interval=10), *more)
+    assert run.returncode == 0, run.stderr
+    logged = [m.group(3) for m in re.finditer(LOG_LINE, run.stdout)]
+    assert ["%" if m.endswith("%") else m for m in logged] == mfus  # iteration 0 is warm-up
+
+
 def test_a_run_stopped_on_a_nonfinite_loss_exits_1(tmp_path):
     run = run_cli(*tiny_flags(tmp_path, max_iters=20, stop_on_nonfinite=True), "--inject_nonfinite_at=3",
                   module="tests.support.faulty_train")

@@ -31,7 +31,8 @@ def test_without_cuda_the_script_says_so_and_exits_0():
 
 
 def test_the_log_parser_reads_the_trainer_s_own_lines(tmp_path):
-    run = gpu_check.train([*tiny_flags(tmp_path, max_iters=60, log_interval=10, no_metrics=False)], metrics=False)
+    run = gpu_check.train([*tiny_flags(tmp_path, max_iters=60, log_interval=10, no_metrics=False, peak_flops=1e12)],
+                          metrics=False)
     assert run.exit == 0, run.output
     assert [it for it, _ in run.losses] == [0, 10, 20, 30, 40, 50, 60]
     assert len(run.rates) == 2 and all(rate > 0 for rate in run.rates)  # iterations 50 and 60, after warm-up
@@ -111,9 +112,14 @@ def test_the_oom_claim_holds_on_the_trainer_s_real_oom_handling(tmp_path):
 def test_throughput_mfu_and_the_table():
     on, off = run_with([4.0] * 8), run_with([4.0] * 8)
     assert gpu_check.throughput_claim([on], [off]).ok  # equal rates: ratio 1.000
-    mfu = gpu_check.mfu_claim([on], "NVIDIA H200", 989e12, known=True)
+    mfu = gpu_check.mfu_claim([on], "NVIDIA H200", 989e12)
     assert mfu.ok and mfu.figure == "1.0% of 989 TFLOP/s (NVIDIA H200, peak from the table)"
     report = gpu_check.table([mfu, gpu_check.Claim("b", "x", False)]).splitlines()
     assert report[0].split() == ["result", "claim", "figure"]
     assert report[2].startswith("PASS    MFU plausible") and report[3].startswith("FAIL    b ")
     assert report[-1] == "1/2 claims hold"
+
+
+def test_a_gpu_outside_the_peak_table_fails_the_mfu_claim_without_a_figure():
+    claim = gpu_check.mfu_claim([run_with([4.0] * 8)], "NVIDIA Mystery 9000", None)
+    assert not claim.ok and claim.figure.startswith("no MFU: NVIDIA Mystery 9000 is NOT in the peak table")

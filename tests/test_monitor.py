@@ -43,6 +43,13 @@ def test_run_started_sets_the_run_shape_model_and_state():
                  world_size="1", node="0", version=nanogpt.__version__) == 1
 
 
+def test_an_mfu_that_is_no_figure_is_nan_in_metrics_and_none_in_the_status():
+    monitor = started()
+    log(monitor, 0, 2.0)  # the loop passes mfu=None where the device's peak is not known
+    assert math.isnan(value(monitor, "nanogpt_mfu_ratio"))
+    assert monitor.status()["mfu"] is None
+
+
 def test_iterations_count_tokens_and_time_steps():
     monitor = started()
     for i in range(1, 4):

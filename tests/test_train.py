@@ -93,7 +93,14 @@ def test_log_points_carry_host_numbers_for_the_logged_iteration(tmp_path):
         assert all(type(v) in (int, float) for v in (p.loss, p.lr, p.step_seconds, p.grad_norm))
         assert p.step_seconds > 0 and p.tokens_per_second == pytest.approx(8 * 32 / p.step_seconds)
         assert p.lr == pytest.approx(get_lr(p.iteration, tiny_config(tmp_path)))
-    assert logs[0].mfu is None and 0 < logs[-1].mfu < 1  # MFU waits for warm-up steps
+    assert all(p.mfu is None for p in logs)  # a CPU's peak is not known: MFU is no figure
+
+
+def test_mfu_is_a_figure_once_peak_flops_is_given_and_waits_for_warm_up(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, max_iters=12, log_interval=4, eval_interval=100, peak_flops=1e12), rec)
+    logs = rec.of("on_log")
+    assert logs[0].mfu is None and 0 < logs[-1].mfu < 1
 
 
 def test_grad_norm_is_none_without_clipping(tmp_path):
