@@ -77,7 +77,11 @@ class _MonitorObserver(events.Observer):
         self.monitor, self.server = monitor, server
 
     def on_run_start(self, event: events.RunStart) -> None:
-        self.monitor.run_started(**dataclasses.asdict(event))
+        from nanogpt_monitor.model_view import describe
+
+        # fields one level deep: asdict() would deep-copy the model it must only describe
+        fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "model"}
+        self.monitor.run_started(**fields, model_tree=describe(event.model) if event.model is not None else None)
 
     def on_iteration(self, event: events.Iteration) -> None:
         # every step: pass the three fields directly, asdict() would copy for nothing

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 _log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ class RunStart:
     config: dict  # the whole TrainConfig as plain values
     start_time: float  # unix seconds
     node: int = 0  # node rank of a multi-node run (torchrun's GROUP_RANK); 0 on one machine
-    # the module tree: nested dicts of str/int/lists (nanogpt_monitor.model_view.describe)
-    model_tree: Optional[dict] = None
+    # the model itself (the raw nn.Module, by reference), for observers that describe it;
+    # the loop does not describe it: what a monitor shows of a model is the wiring's business
+    model: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from nanogpt.data import CharDataset, get_batch, load_dataset
 from nanogpt.device import (autocast, known_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
                             synchronize)
 from nanogpt.model import GPT, GPTConfig
-from nanogpt_monitor.model_view import describe
 
 __all__ = ["train", "TrainResult", "StopRequest", "OutOfMemory", "get_lr", "estimate_loss"]
 
@@ -224,7 +223,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
         max_iterations=cfg.max_iters, tokens_per_iteration=tokens_per_iter, model_config=dict(model_args),
         parameters=raw_model.parameter_counts(), dataset=data.name, device=str(device), dtype=dtype,
         config=cfg.to_dict(), start_time=start_time, node=node,
-        model_tree=describe(raw_model)))  # fmt: skip
+        model=raw_model))  # fmt: skip
     state, reason, lossf, local_iter, checkpoint_errors, stopped = "finished", "", None, 0, 0, False
     try:
         X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)  # the very first batch

@@ -114,9 +114,9 @@ def test_the_exporter_imports_nothing_from_the_torch_side(name):
 
 
 @pytest.mark.parametrize("name", ["nanogpt.model", "nanogpt.data", "nanogpt.train"])
-def test_the_training_loop_knows_nothing_of_the_exporter_or_prometheus(name):
+def test_the_training_loop_knows_nothing_of_the_exporter_the_monitor_or_prometheus(name):
     imports = imported_names(name, modules()[name], set(modules()))
-    assert not {n for n in imports if n.split(".")[0] in ("exporter", "prometheus_client")}
+    assert not {n for n in imports if n.split(".")[0] in ("exporter", "nanogpt_monitor", "prometheus_client")}
 
 
 def test_one_entry_point_for_training():

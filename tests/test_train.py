@@ -81,7 +81,8 @@ def test_run_start_describes_the_model_and_the_run(tmp_path):
                                       vocab_size=corpus_vocab_size(), dropout=0.0)  # fmt: skip
     assert start.parameters["total"] == sum(v for k, v in start.parameters.items() if k != "total")
     assert (start.device, start.dtype, start.config["max_iters"]) == ("cpu", "float32", 0)
-    assert (start.model_tree["type"], start.model_tree["parameters"]) == ("GPT", start.parameters["total"])
+    assert type(start.model).__name__ == "GPT"  # handed over as it is: describing it is the wiring's job
+    assert sum(p.numel() for p in start.model.parameters()) == start.parameters["total"]
 
 
 def test_log_points_carry_host_numbers_for_the_logged_iteration(tmp_path):
@@ -168,3 +169,14 @@ def test_a_failed_checkpoint_save_is_logged_and_training_goes_on(tmp_path, caplo
     assert result.state == "finished" and result.checkpoint_errors == 2
     assert rec.of("on_checkpoint") == []
     assert "could not save checkpoint" in caplog.text
+
+
+def test_the_wiring_describes_the_model_the_loop_hands_over(tmp_path):
+    from exporter import TrainingMonitor
+    from nanogpt.cli import _MonitorObserver
+
+    monitor = TrainingMonitor(run_id="r1", rank=0)
+    train(tiny_config(tmp_path, max_iters=0, run_id="r1"), _MonitorObserver(monitor, server=None))
+    tree = monitor.model()["tree"]
+    assert (tree["type"], tree["parameters"]) == ("GPT", monitor.model()["parameters"]["total"])
+    assert "transformer" in [child["name"] for child in tree["children"]]
