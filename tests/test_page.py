@@ -119,3 +119,10 @@ def test_no_run_id_can_end_the_data_block_early():
 def test_the_page_script_asks_for_the_fields_the_page_carries():
     declared = re.search(r'const FIELDS = "([a-z_,]+)";', TEMPLATE_PATH.read_text()).group(1)
     assert tuple(declared.split(",")) == CHART_FIELDS  # a zoom merges into what the first chart drew
+
+
+def test_figures_the_run_has_not_reported_are_a_dash_not_a_guess():
+    html = page_of()  # no dataset, device, loss or MFU reported yet
+    for fig in ("dataset", "device"):
+        assert re.search(rf'<span data-fig="{fig}">\u2013</span>', html), fig
+    assert re.search(r'data-fig="mfu">\u2013</dd>', html)
