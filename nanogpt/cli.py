@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,8 +38,9 @@ class _StopSignals:
     """SIGTERM and SIGINT as requests, not kills. The first asks train() to stop after the current
     iteration and save a final checkpoint; more during that save are ignored (the save completes;
     kill -9 stops at once, and the atomic save keeps the last checkpoint whole). Any signal ends
-    --metrics-linger. The handler only records: Python runs it on the main thread between
-    bytecodes, where I/O or taking a lock (even Event.set) could deadlock with the code it interrupted."""
+    the linger after training (--metrics-linger, or until Ctrl-C on a terminal). The handler only
+    records: Python runs it on the main thread between bytecodes, where I/O or taking a lock (even
+    Event.set) could deadlock with the code it interrupted."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -215,7 +217,7 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
         return 130
     except OutOfMemory as e:  # state "failed" is already reported; the last checkpoint is untouched
         print(f"error: {e}", file=sys.stderr)
-        _linger_and_close(observer, cfg, signals)
+        _linger_and_close(observer, cfg, signals, rank)
         return EXIT_FAILED_RUN
     finally:
         if distributed:
@@ -232,17 +234,37 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
     # one write() per line: ranks share torchrun's stdout, and print() may write text and newline apart
     sys.stdout.write(f"[rank {rank}] {summary}\n" if distributed else f"{summary}\n")
     sys.stdout.flush()
-    _linger_and_close(observer, cfg, signals)
+    _linger_and_close(observer, cfg, signals, rank)
     if result.stopped:
         return signals.exit_code()
     return 0 if result.state == "finished" else EXIT_FAILED_RUN
 
 
-def _linger_and_close(observer, cfg: TrainConfig, signals: _StopSignals) -> None:
-    """Keep serving for --metrics-linger seconds (so the final state gets scraped), then stop."""
-    if observer is not None and cfg.metrics_linger > 0:
-        log.info("serving metrics for %.0f more seconds (a signal ends this)", cfg.metrics_linger)
-        signals.linger(cfg.metrics_linger)
+def linger_seconds(cfg: TrainConfig, rank: int = 0, signalled: bool = False) -> float:
+    """How long to keep serving after training: --metrics-linger when given; not given, until a
+    signal (Ctrl-C) for rank 0 of a run started from a terminal (stdin and stderr a TTY) that no
+    signal stopped already, else 0 (CI, pipes, other ranks: exit as soon as training ends)."""
+    if cfg.metrics_linger is not None:
+        return cfg.metrics_linger
+    return math.inf if rank == 0 and not signalled and _on_terminal() else 0.0
+
+
+def _on_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno()) and os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # closed or replaced streams
+        return False
+
+
+def _linger_and_close(observer, cfg: TrainConfig, signals: _StopSignals, rank: int) -> None:
+    """Keep serving for linger_seconds() (so the final state gets scraped or seen), then stop."""
+    seconds = linger_seconds(cfg, rank, bool(signals.received)) if observer is not None else 0.0
+    if seconds == math.inf:
+        log.info("run finished; page stays at %s/ until Ctrl-C", observer.server.url)
+    elif seconds > 0:
+        log.info("serving metrics for %.0f more seconds (a signal ends this)", seconds)
+    if seconds > 0:
+        signals.linger(seconds)
     if observer is not None:
         observer.close()
 

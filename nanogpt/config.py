@@ -18,7 +18,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "parse_args", "build_config", "validate", "generate_run_id"]
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "parse_args", "build_config", "validate", "generate_run_id",
+           "field_kind"]
 
 
 class ConfigError(ValueError):
@@ -75,7 +76,9 @@ class TrainConfig:
     metrics_port: int = 8000  # 0 = any free port; under DDP each rank uses metrics_port + LOCAL_RANK
     run_id: str = ""  # '' = generate one
     no_metrics: bool = False
-    metrics_linger: float = 0.0  # seconds to keep serving after training ends
+    # seconds to keep serving after training ends; None (not given) = until Ctrl-C when started from
+    # a terminal, else 0 (see nanogpt.cli.linger_seconds)
+    metrics_linger: float | None = None
     metrics_web_config: str = ""  # exporter-toolkit web config (basic auth, TLS) for the metrics server; '' = off
     stop_on_nonfinite: bool = False  # stop as "failed" at a non-finite logged loss, without saving it
 
@@ -115,9 +118,14 @@ def generate_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def field_kind(field: dataclasses.Field) -> str:
+    """'int', 'float', 'bool' or 'str': the field's type, less an optional '| None' (the unset default)."""
+    return field.type.removesuffix(" | None")  # a string under `from __future__ import annotations`
+
+
 def _check_type(key: str, value: Any, origin: str) -> Any:
     """Return value as the field's type, or raise ConfigError naming key and value."""
-    kind = _FIELDS[key].type  # a string under `from __future__ import annotations`
+    kind = field_kind(_FIELDS[key])
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -141,7 +149,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)!r}")
     for key in _NON_NEGATIVE:
-        if getattr(cfg, key) < 0:
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)!r}")
     if cfg.n_embd % cfg.n_head != 0:
         raise ConfigError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
@@ -212,13 +220,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue from out_dir/ckpt.pt (same as --init_from resume)")  # fmt: skip
     for name, f in _FIELDS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        if f.type == "bool":
+        if field_kind(f) == "bool":
             p.add_argument(*flags, dest=name, nargs="?", const=True, type=_parse_bool, metavar="BOOL",
                            help=f"default: {f.default}")  # fmt: skip
             p.add_argument(*(f"--no-{x[2:]}" for x in flags), dest=name, action="store_const", const=False,
                            help=argparse.SUPPRESS)  # fmt: skip
         else:
-            p.add_argument(*flags, dest=name, type={"int": int, "float": float, "str": str}[f.type],
+            p.add_argument(*flags, dest=name, type={"int": int, "float": float, "str": str}[field_kind(f)],
                            help=f"default: {f.default!r}")  # fmt: skip
     return p
 

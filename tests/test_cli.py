@@ -1,9 +1,17 @@
 """The command line as a user meets it: nanoGPT's log lines, one-line errors with exit code 2, sampling."""
 
+import os
+import pty
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
+from tests.support.procs import REPO, http_get, http_json, wait_until
 from tests.support.trainer import run_cli, tiny_flags
 
 LOG_LINE = r"iter (\d+): loss (\d+\.\d+), time \d+\.\d+ms, tok/s \d+, mfu (n/a|\d+\.\d+%), eta \d\d:\d\d:\d\d"
@@ -95,3 +103,111 @@ def test_nanogpt_sample_generates_reproducibly_from_a_checkpoint(tmp_path):
 def test_nanogpt_sample_without_a_checkpoint_is_one_error_line(tmp_path):
     run = run_cli(f"--out_dir={tmp_path}", module="nanogpt.sample")
     assert run.returncode == 2 and run.stderr == f"error: no checkpoint at '{tmp_path / 'ckpt.pt'}'\n"
+
+
+
+def run_on_a_terminal(*args: str, module: str = "nanogpt"):
+    """`python -m <module> args...` with stdin, stdout and stderr on a pseudo-terminal:
+    (process, shown) where shown() is everything the terminal got so far."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", module, *args], stdin=follower, stdout=follower,
+                               stderr=follower, cwd=REPO, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    os.close(follower)
+    received = bytearray()
+
+    def pump():
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the process and its terminal are gone
+                break
+            if not chunk:
+                break
+            received.extend(chunk)
+        os.close(leader)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return process, lambda: received.decode("utf-8", "replace")
+
+
+LINGER_LINE = r"run finished; page stays at (http://[\d.]+:(\d+))/ until Ctrl-C"
+
+
+def lingering(process, shown) -> tuple[str, int]:
+    """(page URL, port) once the run on a terminal says it keeps its page."""
+    def said():
+        assert process.poll() is None or re.search(LINGER_LINE, shown()), f"exited early:\n{shown()[-3000:]}"
+        return re.search(LINGER_LINE, shown())
+    line = wait_until(said, timeout=120, what="the linger line")
+    return line.group(1), int(line.group(2))
+
+
+def assert_closed(port: int) -> None:
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def kill(process) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_a_run_started_from_a_terminal_keeps_its_page_until_ctrl_c(tmp_path):
+    process, shown = run_on_a_terminal(*tiny_flags(tmp_path, max_iters=10, no_metrics=False, metrics_port=0))
+    try:
+        url, port = lingering(process, shown)
+        assert f"metrics: {url}/metrics" in shown()
+        assert process.poll() is None  # still serving, by itself
+        assert http_json(url + "/api/status")["state"] == "finished"
+        assert b'data-state="finished"' in http_get(url + "/")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0  # the run's own exit code: it finished
+        assert_closed(port)
+    finally:
+        kill(process)
+
+
+def test_sigterm_ends_a_failed_runs_page_on_a_terminal_with_the_runs_exit_code(tmp_path):
+    flags = tiny_flags(tmp_path, max_iters=20, no_metrics=False, metrics_port=0, stop_on_nonfinite=True)
+    process, shown = run_on_a_terminal(*flags, "--inject_nonfinite_at=3", module="tests.support.faulty_train")
+    try:
+        url, port = lingering(process, shown)
+        assert http_json(url + "/api/status")["state"] == "failed"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 1  # failed, as without the linger
+        assert_closed(port)
+    finally:
+        kill(process)
+
+
+def test_off_a_terminal_a_run_exits_after_training_as_before(tmp_path):
+    run = run_cli(*tiny_flags(tmp_path, max_iters=5, no_metrics=False, metrics_port=0))
+    assert run.returncode == 0, run.stderr
+    assert "metrics: http://" in run.stdout
+    assert "page stays" not in run.stdout and "serving metrics for" not in run.stdout
+
+
+def test_an_explicit_zero_linger_exits_at_once_even_on_a_terminal(tmp_path):
+    flags = tiny_flags(tmp_path, max_iters=5, no_metrics=False, metrics_port=0, metrics_linger=0)
+    process, shown = run_on_a_terminal(*flags)
+    try:
+        assert process.wait(timeout=120) == 0
+        wait_until(lambda: "params sha256" in shown(), timeout=10, what="the summary line")  # all read
+        assert "metrics: http://" in shown() and "page stays" not in shown()
+    finally:
+        kill(process)
+
+
+def test_ctrl_c_during_training_on_a_terminal_stops_and_exits_without_keeping_the_page(tmp_path):
+    flags = tiny_flags(tmp_path, max_iters=100000, no_metrics=False, metrics_port=0)
+    process, shown = run_on_a_terminal(*flags)
+    try:
+        wait_until(lambda: re.search(r"^iter 5: ", shown(), re.MULTILINE), timeout=120, what="iteration 5")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130  # stopped by Ctrl-C, as before
+        wait_until(lambda: "params sha256" in shown(), timeout=10, what="the summary line")
+        assert "page stays" not in shown()
+    finally:
+        kill(process)

@@ -365,3 +365,24 @@ def test_page_reconnects_by_itself_after_the_trainer_restarts(page_factory, tmp_
         page.context.close()
     finally:
         trainer.stop()
+
+
+@pytest.mark.parametrize("ending", ["finished", "failed"])
+def test_a_run_that_ended_shows_how_it_ended_not_reconnecting_when_its_server_goes(monitor, server, page_factory,
+                                                                                  ending):
+    page, console = page_factory()
+    feed(monitor, 100)
+    page.goto(server.url + "/")
+    expect(page.get_by_test_id("connection")).to_have_text("live")
+    monitor.run_ended(iteration=90, state=ending, reason="" if ending == "finished" else "out of memory")
+    expect(page.get_by_test_id("fig-state")).to_have_text(ending)  # pushed over the stream
+    console.trainer_down = True
+    server.close()  # Ctrl-C after the linger: the stream ends, the server is gone
+    expect(page.get_by_test_id("connection")).to_have_text(ending)
+    # the page keeps asking quietly (a resumed run on the same port would be picked up), yet never
+    # says it is reconnecting: the run is over
+    page.wait_for_timeout(3000)
+    for testid in ("connection", "fig-state"):
+        expect(page.get_by_test_id(testid)).to_have_text(ending)
+        expect(page.get_by_test_id(testid)).to_have_attribute("data-state", ending)
+    page.context.close()
