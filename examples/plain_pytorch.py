@@ -45,16 +45,17 @@ def main(argv=None) -> int:
                                               batch_size=args.batch_size)
     tokens_per_step = args.batch_size * args.block_size
 
-    # One monitor per process; under torchrun, rank r serves on port + LOCAL_RANK.
+    # Every process records; under torchrun, local rank 0 starts the node's one monitor process.
     rank, local_rank, world_size = process_rank()
     monitor = TrainingMonitor(run_id=args.run_id or generate_run_id(), rank=rank,
                               metrics_log=os.path.join(args.out_dir, "metrics.jsonl"))
-    try:
-        server = monitor.serve(host=args.metrics_host, port=args.metrics_port + local_rank if args.metrics_port else 0)
-    except ServeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"metrics: {server.url}/metrics", flush=True)
+    if local_rank == 0:
+        try:
+            server = monitor.serve(host=args.metrics_host, port=args.metrics_port)
+        except ServeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"metrics: {server.url}/metrics", flush=True)
     tree = describe(model)
     monitor.run_started(max_iterations=args.max_steps, world_size=world_size, tokens_per_iteration=tokens_per_step,
                         model_tree=tree, parameters=components(tree), dataset="pydoc_data.topics (bytes)",
@@ -95,10 +96,9 @@ def main(argv=None) -> int:
     finally:  # an exception on its way out still leaves the run marked failed
         monitor.run_ended(iteration=step, state=state)
         print(f"run {monitor.run_id} {state}: iteration {step}", flush=True)
-        if args.metrics_linger > 0:
-            time.sleep(args.metrics_linger)
-        server.close()
-        monitor.close()
+        if args.metrics_linger > 0 and monitor.server is not None:
+            time.sleep(args.metrics_linger)  # the monitor keeps serving the final figures meanwhile
+        monitor.close()  # stops the monitor process this rank started, if it did
     return 0
 
 

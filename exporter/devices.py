@@ -2,9 +2,9 @@
 
 A device collector is any prometheus-client collector whose families carry a
 `gpu` label (plus `uuid` and `name`). The exporter does not know what a GPU
-is: it registers such a collector on the monitor's registry (so /metrics
-serves it) and regroups the same samples by device for the status JSON, so the
-page and Prometheus see one set of values. No torch here.
+is: the training process reads such a collector at each log point, writes its
+samples as gauges and regroups the same samples by device for the status JSON,
+so the page and Prometheus see one set of values. No torch here.
 """
 
 from __future__ import annotations
@@ -16,19 +16,18 @@ DEVICE_KEYS = ("gpu", "uuid", "name")
 RUN_KEYS = ("run_id", "rank")
 
 
-def device_status(collectors: Iterable) -> list[dict]:
+def device_status(families: Iterable) -> list[dict]:
     """One dict per device: gpu, uuid, name, then each family by its name less `nanogpt_gpu_`
     (e.g. memory_reserved_bytes); a family with one more label maps that label's values to theirs."""
     devices: dict[str, dict] = {}
-    for collector in collectors:
-        for family in collector.collect():
-            field = family.name.removeprefix(PREFIX)
-            for sample in family.samples:
-                labels = sample.labels
-                device = devices.setdefault(labels["gpu"], {key: labels.get(key) for key in DEVICE_KEYS})
-                extra = [v for k, v in labels.items() if k not in DEVICE_KEYS + RUN_KEYS]
-                if extra:
-                    device.setdefault(field, {})[extra[0]] = sample.value
-                else:
-                    device[field] = sample.value
+    for family in families:
+        field = family.name.removeprefix(PREFIX)
+        for sample in family.samples:
+            labels = sample.labels
+            device = devices.setdefault(labels["gpu"], {key: labels.get(key) for key in DEVICE_KEYS})
+            extra = [v for k, v in labels.items() if k not in DEVICE_KEYS + RUN_KEYS]
+            if extra:
+                device.setdefault(field, {})[extra[0]] = sample.value
+            else:
+                device[field] = sample.value
     return list(devices.values())

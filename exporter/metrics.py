@@ -1,47 +1,73 @@
-"""Registers the catalogue's metrics on a registry and binds them to one run_id and rank.
+"""Binds the catalogue's metrics to one run_id and rank, as values in that rank's shared files.
 
 What each metric is (name, type, HELP, labels, buckets) lives in
-`exporter.catalogue` and only there; this module turns that data into
-prometheus-client objects. It holds no training logic (that is
-`exporter.monitor`) and serves nothing (that is `exporter.server`). Every
-series is created up front so it exists from the first scrape. Values not known
-yet (a loss before the first log point, an MFU before enough steps were timed)
-start as NaN, never as a made-up 0.
+`exporter.catalogue` and only there; this module turns that data into values
+of `exporter.shared` (prometheus-client's mmap format), which the monitor
+process serves. It holds no training logic (that is `exporter.monitor`) and
+serves nothing (that is `exporter.app`). Every series is created up front so
+it exists from the first scrape. Values not known yet (a loss before the first
+log point, an MFU without a known peak) start as NaN, never as a made-up 0.
+
+Two families are not written here: `nanogpt_run_info` (prometheus-client's
+mmap files carry no Info; the monitor makes it from the run's journal) and the
+per-GPU families (written by `device_gauge` when a device collector is read).
 """
 
 from __future__ import annotations
 
-import platform
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
-
 from .catalogue import LABELS, REGISTERED, STATES, Metric
+from .shared import SharedFiles, SharedHistogram, SharedSummary, SharedValue
 
-__all__ = ["TrainingMetrics", "create_metrics"]
+__all__ = ["TrainingMetrics", "create_metrics", "SHARED"]
 
-_CLASSES = {"gauge": Gauge, "counter": Counter, "summary": Summary, "histogram": Histogram, "info": Info}
+SHARED = tuple(m for m in REGISTERED if m.kind != "info")  # the families the training process writes
+
+
+def _sample_name(metric: Metric) -> str:
+    return metric.name + "_total" if metric.kind == "counter" else metric.name
+
+
+def _child(files: SharedFiles, metric: Metric, labelnames: tuple, labelvalues: tuple):
+    if metric.kind == "histogram":
+        return SharedHistogram(files, metric.name, metric.help, labelnames, labelvalues, metric.buckets)
+    if metric.kind == "summary":
+        return SharedSummary(files, metric.name, metric.help, labelnames, labelvalues)
+    initial = metric.initial if metric.kind == "gauge" and metric.initial is not None else 0.0
+    return files.value(metric.kind, metric.name, _sample_name(metric), labelnames, labelvalues, metric.help,
+                       initial)
 
 
 class Labelled:
-    """A family with one label besides run_id and rank: `family[value]` is that value's child."""
+    """A family with one label besides run_id and rank: `family[value]` is that value's child,
+    created on first use."""
 
-    def __init__(self, parent, run_id: str, rank: str):
-        self.parent, self._labels = parent, (run_id, rank)
+    def __init__(self, files: SharedFiles, metric: Metric, run_id: str, rank: str):
+        self._files, self._metric, self._labels = files, metric, (run_id, rank)
+        self._children: dict[str, object] = {}
 
     def __getitem__(self, value: str):
-        return self.parent.labels(*self._labels, value)
+        child = self._children.get(value)
+        if child is None:
+            labelnames = (*LABELS, self._metric.label)
+            child = self._children[value] = _child(self._files, self._metric, labelnames, (*self._labels, value))
+        return child
 
 
 class TrainingMetrics:
-    """The children of every catalogue metric for one run_id and rank, as attributes named by
-    `Metric.key` (e.g. `metrics.train_loss.set(x)`, `metrics.eval_loss["val"].set(x)`)."""
+    """The children of every shared catalogue metric for one run_id and rank, as attributes named
+    by `Metric.key` (e.g. `metrics.train_loss.set(x)`, `metrics.eval_loss["val"].set(x)`)."""
 
-    def __init__(self, children: dict, run_id: str, rank: str):
-        self.__dict__.update(children)
-        self.run_id, self.rank = run_id, rank
+    def __init__(self, files: SharedFiles, run_id: str, rank: str):
+        self.files, self.run_id, self.rank = files, run_id, rank
+        for metric in SHARED:
+            if metric.label:
+                family = Labelled(files, metric, run_id, rank)
+                for value in metric.values:
+                    family[value]  # created now, so it is in the first scrape
+                setattr(self, metric.key, family)
+            else:
+                setattr(self, metric.key, _child(files, metric, LABELS, (run_id, rank)))
+        self._devices: dict[tuple, SharedValue] = {}
 
     def set_state(self, state: str) -> None:
         """Make `state` the one current training state (ValueError for an unknown one)."""
@@ -56,37 +82,18 @@ class TrainingMetrics:
     def set_config_field(self, field: str, value: float) -> None:
         self.model_config[field].set(value)
 
-
-def _register(metric: Metric, registry: CollectorRegistry, run_id: str, rank: str):
-    """One catalogue entry -> its child (or a Labelled family), with its initial values set."""
-    options = {"buckets": metric.buckets} if metric.kind == "histogram" else {}
-    labels = (*LABELS, metric.label) if metric.label else LABELS
-    parent = _CLASSES[metric.kind](metric.name, metric.help, labels, registry=registry, **options)
-    if metric.kind == "info":
-        child = parent.labels(run_id, rank)
-        child.info({key: "" for key in metric.values})
-        return child
-    if metric.label:
-        family = Labelled(parent, run_id, rank)
-        for value in metric.values:
-            child = family[value]  # created now, so it is in the first scrape
-            if metric.kind == "gauge" and metric.initial is not None:
-                child.set(metric.initial)
-        return family
-    child = parent.labels(run_id, rank)
-    if metric.kind == "gauge" and metric.initial is not None:
-        child.set(metric.initial)
-    return child
+    def device_gauge(self, name: str, help_text: str, labels: dict[str, str]) -> SharedValue:
+        """The gauge of a device collector's sample (a `gpu`-labelled family), created on first use."""
+        key = (name, tuple(labels.items()))
+        value = self._devices.get(key)
+        if value is None:
+            value = self._devices[key] = self.files.value("gauge", name, name, tuple(labels), tuple(labels.values()),
+                                                          help_text)
+        return value
 
 
-def create_metrics(registry: CollectorRegistry, run_id: str, rank: int) -> TrainingMetrics:
-    """Register every catalogue metric except the per-GPU ones (nanogpt_monitor.gpu collects those)
-    on `registry`, plus the process, platform and GC collectors; return the children for this run_id and rank."""
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry, platform=platform)
-    GCCollector(registry=registry)
-    run_id, rank = str(run_id), str(rank)
-    children = {metric.key: _register(metric, registry, run_id, rank) for metric in REGISTERED}
-    metrics = TrainingMetrics(children, run_id, rank)
+def create_metrics(files: SharedFiles, run_id: str, rank: int) -> TrainingMetrics:
+    """Every shared catalogue metric for this run_id and rank, written to `files`, in state "starting"."""
+    metrics = TrainingMetrics(files, str(run_id), str(rank))
     metrics.set_state(STATES[0])
     return metrics

@@ -1,16 +1,17 @@
-"""TrainingMonitor: turns a training loop's events into metrics, history and status.
+"""TrainingMonitor: turns a training loop's events into recorded figures, in the training process.
 
 Any PyTorch loop can use it (not only nanogpt): call `run_started` once,
 `iteration` after every optimizer step, `log` at log intervals with numbers
-already on the host, `evaluated` after an eval, `run_ended` at the end. The
-model arrives as plain data: a module tree built on the torch side
-(`nanogpt_monitor.model_view.describe`), served as is by /api/model. Every
-public method is guarded: an exception inside it is logged once per site,
-counted in nanogpt_exporter_errors_total and swallowed, so the exporter can
-never break training. It does no I/O on `iteration` (the per-step call) and
-one flushed line per `log` when a metrics log is configured.
-
-Serving is `exporter.server`; `serve()` here is the shortcut to it.
+already on the host, `evaluated` after an eval, `run_ended` at the end. It
+only records: every metric goes to this rank's shared files (exporter.shared,
+prometheus-client's mmap format), and each change the live page shows goes to
+the rank's journal (exporter.journal), both in one run directory. It opens no
+socket and starts no thread; the monitor process (exporter.node, started by
+`serve()`) reads the directory and answers HTTP. Every public method is
+guarded: an exception inside it is logged once per site, counted in
+nanogpt_exporter_errors_total and swallowed, so monitoring can never break
+training. `iteration` (the per-step call) writes a few doubles to shared
+memory; `log` writes one journal line and one metrics-log line.
 """
 
 from __future__ import annotations
@@ -19,25 +20,23 @@ import functools
 import logging
 import math
 import os
-import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterator, Optional
+from pathlib import Path
+from typing import Any, Optional
 
-from prometheus_client import CollectorRegistry
-
-from .history import History
-from .point import Point, csv_lines
-from .metricslog import MetricsLog
-from .devices import device_status
 from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
+from .devices import device_status
+from .journal import JournalWriter, run_directory
 from .metrics import TrainingMetrics, create_metrics
-from .server import MetricsServer
-from .status import READ_SECONDS, snapshot
+from .metricslog import MetricsLog
+from .point import Point
+from .shared import SharedFiles
 from .trend import DebiasedEma
 from .version import VERSION
 
 log = logging.getLogger(__name__)
+
 
 def _guarded(method):
     """Run a public monitor method; on any exception log once per site, count, and return None."""
@@ -58,33 +57,32 @@ def _number(value: Any) -> Optional[float]:
 
 
 class TrainingMonitor:
-    """Metrics (on its own CollectorRegistry), bounded history and status of one training process."""
+    """The recorded figures of one training process (one rank), in a run directory the monitor serves.
 
-    def __init__(self, run_id: str = "run", rank: int = 0, registry: Optional[CollectorRegistry] = None,
-                 metrics_log: Optional[str | os.PathLike] = None, history: Optional[History] = None):
-        self.run_id, self.rank = str(run_id), int(rank)
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics: TrainingMetrics = create_metrics(self.registry, self.run_id, self.rank)
-        self.history = history if history is not None else History()
+    `directory`: the run directory (default: exporter.journal.run_directory(run_id, node), shared by
+    every rank of the run on this node); `metrics_log`: a JSON-lines file of every logged point
+    at full resolution (CSV export, resumes)."""
+
+    def __init__(self, run_id: str = "run", rank: int = 0, directory: Optional[str | os.PathLike] = None,
+                 metrics_log: Optional[str | os.PathLike] = None, node: int = 0):
+        self.run_id, self.rank, self.node = str(run_id), int(rank), int(node)
+        self.directory = Path(directory) if directory is not None else run_directory(self.run_id, self.node)
+        self.files = SharedFiles(self.directory, f"rank{self.rank}")
+        self.files.remove()  # what an earlier process of this rank left: this one counts from zero
+        self.metrics: TrainingMetrics = create_metrics(self.files, self.run_id, self.rank)
+        self.journal = JournalWriter(self.directory, self.rank)
+        self.journal.write("opened", run_id=self.run_id, rank=self.rank, pid=os.getpid(), time=time.time())
         self.metrics_log = MetricsLog(metrics_log) if metrics_log is not None else None
         self._ema = DebiasedEma()
         self._pending_eval: Optional[tuple[int, float, float]] = None  # (iteration, train, val)
+        self._last_point: Optional[Point] = None
         self._last_iteration_time: Optional[float] = None
+        self._start_time: Optional[float] = None
         self._errors_seen: set[tuple[str, str]] = set()
-        self._changed = threading.Condition()
-        self._generation = 0  # bumped on every change a stream client may want
-        self.status_version = 0  # bumped when the status changes beyond a new point (state, eval)
-        self._status: dict[str, Any] = {
-            "world_size": 1, "state": "starting", "iteration": 0, "max_iterations": 0, "start_time": None,
-            "end_time": None, "reason": "", "val_loss": None, "eval_train_loss": None, "best_val_loss": None,
-            "parameters_total": None, "dataset": "", "device": "", "dtype": "", "last_checkpoint": None,
-            "last_checkpoint_error": None, "tokens_per_iteration": None,
-        }
-        self._model_config: dict = {}
-        self._parameters: dict = {}
         self._device_collectors: list = []
-        self._model_tree: Optional[dict] = None
-        self._scalars: dict[str, float] = {}
+        self._scalars: set[str] = set()
+        self._state = "starting"
+        self.server = None  # the monitor process serve() started, if any
 
     # --- events from the training loop ---------------------------------------------------------
 
@@ -93,7 +91,7 @@ class TrainingMonitor:
                     tokens_per_iteration: Optional[int] = None, model_config: Optional[dict] = None,
                     parameters: Optional[dict] = None, dataset: str = "", device: str = "", dtype: str = "",
                     config: Optional[dict] = None, start_time: Optional[float] = None,
-                    run_id: Optional[str] = None, rank: Optional[int] = None, node: int = 0,
+                    run_id: Optional[str] = None, rank: Optional[int] = None, node: Optional[int] = None,
                     model_tree: Optional[dict] = None) -> None:
         """Once before the first iteration (after a resume too): the run's shape and the model.
 
@@ -103,20 +101,23 @@ class TrainingMonitor:
             self.report_error("run_started", ValueError(
                 f"run_started for run {run_id} rank {rank} reached the monitor of run {self.run_id} rank {self.rank}"))
         m, start_time = self.metrics, time.time() if start_time is None else float(start_time)
+        self._start_time = start_time
         m.max_iterations.set(int(max_iterations))
         m.iteration.set(int(start_iteration))
         m.start_time.set(start_time)
         m.last_iteration_timestamp.set(start_time)  # so "no iteration for minutes" counts from the start
-        self._model_config, self._parameters = dict(model_config or {}), dict(parameters or {})
-        self._model_tree = model_tree if isinstance(model_tree, dict) else None
-        for field, value in self._model_config.items():
+        model_config, parameters = dict(model_config or {}), dict(parameters or {})
+        for field, value in model_config.items():
             if isinstance(value, (bool, int, float)):
                 m.set_config_field(field, float(value))
-        for component, count in self._parameters.items():
+        for component, count in parameters.items():
             m.set_parameter_count(component, float(count))
+        node = self.node if node is None else int(node)
         info = {"dataset": str(dataset), "device": str(device), "dtype": str(dtype),
-                "world_size": str(int(world_size)), "node": str(int(node)), "version": VERSION}
-        m.run_info.info({key: info[key] for key in INFO_KEYS})
+                "world_size": str(int(world_size)), "node": str(node), "version": VERSION}
+        self.journal.write("model", model_config=model_config, parameters=parameters,
+                           tree=model_tree if isinstance(model_tree, dict) else None)
+        self.journal.write("info", info={key: info[key] for key in INFO_KEYS})
         try:
             self._restore_history(int(start_iteration))
         except Exception as e:  # an unreadable metrics log must not keep the run from "running"
@@ -124,8 +125,9 @@ class TrainingMonitor:
         self._update_status(
             state="running", world_size=int(world_size), iteration=int(start_iteration),
             max_iterations=int(max_iterations), start_time=start_time, dataset=str(dataset), device=str(device),
-            dtype=str(dtype), parameters_total=self._parameters.get("total"),
+            dtype=str(dtype), parameters_total=parameters.get("total"),
             tokens_per_iteration=tokens_per_iteration, end_time=None, reason="")
+        self._state = "running"
         m.set_state("running")
 
     def _restore_history(self, start_iteration: int) -> None:
@@ -133,19 +135,21 @@ class TrainingMonitor:
 
         A resumed loop redoes its checkpoint's iteration (nanoGPT saves before that step) and logs
         it anew; dropping the old point now means a live stream never holds a point it must replace."""
+        self._last_point = None
         if self.metrics_log is None:
-            self.history.truncate(start_iteration - 1)
+            self.journal.write("truncate", through=start_iteration - 1)
             return
-        self.history.truncate(-1)
         self._ema = DebiasedEma()
-        for point in self.metrics_log.rewrite(start_iteration - 1):
-            self.history.append(point)
+        kept = self.metrics_log.rewrite(start_iteration - 1)
+        for point in kept:
             if point.loss is not None and math.isfinite(point.loss):
                 self.metrics.train_loss_ema.set(self._ema.update(point.loss))
+        self._last_point = kept[-1] if kept else None
+        self.journal.write("history", metrics_log=str(self.metrics_log.path.resolve()), through=start_iteration - 1)
 
     @_guarded
     def iteration(self, iteration: int, tokens: int, timestamp: Optional[float] = None) -> None:
-        """After every optimizer step: host numbers only, no I/O (this is the per-step hot path)."""
+        """After every optimizer step: host numbers only, a few shared-memory writes (the hot path)."""
         m = self.metrics
         timestamp = time.time() if timestamp is None else timestamp
         m.iteration.set(iteration)
@@ -155,7 +159,6 @@ class TrainingMonitor:
         if self._last_iteration_time is not None:
             m.iteration_duration.observe(max(0.0, timestamp - self._last_iteration_time))
         self._last_iteration_time = timestamp
-        self._status["iteration"] = iteration  # a single dict store: atomic under the GIL
 
     @_guarded
     def log(self, iteration: int, loss: float, lr: Optional[float] = None, step_seconds: Optional[float] = None,
@@ -168,8 +171,8 @@ class TrainingMonitor:
         self.log), each exported as nanogpt_logged_scalar{key=...} and listed in /api/status."""
         m, loss = self.metrics, float(loss)
         timestamp = time.time() if timestamp is None else float(timestamp)
-        if elapsed_seconds is None and self._status["start_time"] is not None:
-            elapsed_seconds = timestamp - self._status["start_time"]
+        if elapsed_seconds is None and self._start_time is not None:
+            elapsed_seconds = timestamp - self._start_time
         point = Point(int(iteration), loss, _number(lr), _number(step_seconds), _number(tokens_per_second),
                       _number(elapsed_seconds), timestamp, _number(grad_norm), _number(mfu))
         m.train_loss.set(loss)
@@ -187,19 +190,29 @@ class TrainingMonitor:
         eval_values = {}
         if pending is not None and pending[0] == point.iteration:
             eval_values = {"eval_train_loss": pending[1], "val_loss": pending[2]}
-        point = replace(point, loss_ema=self._ema.value, **eval_values)
-        self.history.append(point)
+        self._append(replace(point, loss_ema=self._ema.value, **eval_values))
+        if self._device_collectors:
+            self._sample_devices()
+        if self.server is not None:
+            self.server.check()  # a monitor that died comes back, once
+
+    def _append(self, point: Point) -> None:
+        """A point (new, or the newest amended) to the journal and the metrics log."""
+        self._last_point = point
+        self.journal.write_point(point.json)
         if self.metrics_log is not None:
-            self.metrics_log.append(point)
-        self._notify(status=False)
+            self.metrics_log.append(point)  # read() lets an amended line replace the one before it
 
     def _set_scalars(self, scalars: dict) -> None:
+        values = {}
         for name, value in scalars.items():
             name = str(name)
             if name not in self._scalars and len(self._scalars) >= MAX_LOGGED_SCALARS:
                 raise ValueError(f"more than {MAX_LOGGED_SCALARS} logged value names; {name!r} is not exported")
-            self._scalars[name] = float(value)
+            self._scalars.add(name)
+            values[name] = float(value)
             self.metrics.logged_scalar[name].set(float(value))
+        self.journal.write("scalars", scalars={k: v if math.isfinite(v) else None for k, v in values.items()})
 
     @_guarded
     def evaluated(self, iteration: int, train_loss: Optional[float] = None, val_loss: Optional[float] = None,
@@ -219,12 +232,11 @@ class TrainingMonitor:
         known = {key: value for key, value in (("eval_train_loss", train_loss), ("val_loss", val_loss),
                                                ("best_val_loss", _number(best_val_loss))) if value is not None}
         self._update_status(**known)
-        amended = self.history.amend_last(int(iteration), eval_train_loss=train_loss, val_loss=val_loss)
-        if amended is None:  # the usual order: eval first, then the log point of that iteration
+        last = self._last_point
+        if last is not None and last.iteration == int(iteration):
+            self._append(replace(last, eval_train_loss=train_loss, val_loss=val_loss))
+        else:  # the usual order: eval first, then the log point of that iteration
             self._pending_eval = (int(iteration), train_loss, val_loss)
-        elif self.metrics_log is not None:
-            self.metrics_log.append(amended)  # read() lets this line replace the one before it
-        self._notify(status=True)
 
     @_guarded
     def checkpoint_saved(self, iteration: int, path: str = "", seconds: Optional[float] = None,
@@ -252,21 +264,31 @@ class TrainingMonitor:
             raise ValueError(f"run_ended state must be finished or failed, not {state!r}")
         self.metrics.iteration.set(int(iteration))
         self.metrics.set_state(state)
+        self._state = state
         self._update_status(state=state, iteration=int(iteration), reason=str(reason),
                             end_time=time.time() if not timestamp else float(timestamp))
 
     def close(self) -> None:
-        """Close the metrics log file (the metrics stay readable)."""
+        """Stop the monitor process serve() started, if any, and close the metrics log and journal."""
+        if self.server is not None:
+            self.server.close()
         if self.metrics_log is not None:
             self.metrics_log.close()
+        self.journal.close()
 
     def add_device_collector(self, collector) -> None:
-        """Serve a per-device collector (families labelled `gpu`, e.g. nanogpt_monitor.gpu's) on
-        /metrics, and the same figures per device in /api/status's `gpus`."""
-        self.registry.register(collector)
+        """Record a per-device collector's figures (families labelled `gpu`, e.g. nanogpt_monitor.gpu's)
+        at every log point: its samples as gauges, the same figures per device in /api/status's `gpus`."""
         self._device_collectors.append(collector)
 
-    # --- errors and change notification ------------------------------------------------------
+    def _sample_devices(self) -> None:
+        families = [family for collector in self._device_collectors for family in collector.collect()]
+        for family in families:
+            for sample in family.samples:
+                self.metrics.device_gauge(sample.name, family.documentation, sample.labels).set(sample.value)
+        self.journal.write("devices", gpus=device_status(families))
+
+    # --- errors and state ----------------------------------------------------------------------
 
     def report_error(self, site: str, error: Exception) -> None:
         """Count an exporter error and log it the first time this site fails this way; never raises."""
@@ -282,64 +304,26 @@ class TrainingMonitor:
             pass
 
     def _update_status(self, **values: Any) -> None:
-        with self._changed:
-            self._status.update(values)
-        self._notify(status=True)
-
-    def _notify(self, status: bool) -> None:
-        with self._changed:
-            self._generation += 1
-            if status:
-                self.status_version += 1
-            self._changed.notify_all()
+        self.journal.write("status", fields=_json_safe(values))
 
     @property
     def running(self) -> bool:
         """Whether the run is training now (between run_started and run_ended)."""
-        return self._status["state"] == "running"
-
-    @property
-    def generation(self) -> int:
-        return self._generation
-
-    def wait_for_change(self, generation: int, timeout: float, stop: Optional[threading.Event] = None) -> int:
-        """Block until the generation differs from `generation`, `stop` is set (checked under the same
-        lock wake_waiters notifies with, so a waiter that read the generation after a wake-up still
-        ends) or `timeout` s pass; returns the current generation."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._generation != generation or (stop is not None and stop.is_set()),
-                                   timeout=timeout)
-            return self._generation
-
-    def wake_waiters(self) -> None:
-        """Wake every thread in wait_for_change (the server does this when it shuts down)."""
-        self._notify(status=False)
-
-    # --- what the server reads ---------------------------------------------------------------
-
-    @_guarded
-    def status(self, now: Optional[float] = None) -> dict:
-        """The /api/status snapshot: state, latest figures, rates, ETA, trend and window mean."""
-        with self._changed:
-            fields = dict(self._status)
-        answer = snapshot(self.run_id, self.rank, fields, self.history.tail(READ_SECONDS), self._ema.value,
-                          time.time() if now is None else now)
-        answer["gpus"] = device_status(self._device_collectors)
-        answer["scalars"] = dict(self._scalars)
-        return answer
-
-    def model(self) -> dict:
-        """The /api/model answer: model config, parameter counts and the module tree (None until known)."""
-        return {"model_config": self._model_config, "parameters": self._parameters, "tree": self._model_tree}
-
-    def csv_lines(self) -> Iterator[str]:
-        """The whole logged history as CSV lines: from the metrics log when there is one (complete
-        at full resolution, across resumes), else from memory."""
-        if self.metrics_log is not None and self.metrics_log.path.is_file():
-            return csv_lines(self.metrics_log.read())
-        return self.history.csv_lines()
+        return self._state == "running"
 
     def serve(self, host: str = "127.0.0.1", port: int = 0, **options: Any):
-        """Start the HTTP server for this monitor in a daemon thread; returns a MetricsServer."""
-        return MetricsServer(self, host=host, port=port, **options)
+        """Start the monitor process serving this run's directory (once per node: the other local
+        ranks only record); returns its exporter.launch.MonitorProcess, also kept as `server`."""
+        from .launch import MonitorProcess
 
+        self.server = MonitorProcess(self.directory, host=host, port=port, **options)
+        return self.server
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as None (the journal is strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value

@@ -75,8 +75,8 @@ class _StopSignals:
 class _MonitorObserver(events.Observer):
     """Hands each training event to the exporter (event field names = TrainingMonitor keywords)."""
 
-    def __init__(self, monitor, server):
-        self.monitor, self.server = monitor, server
+    def __init__(self, monitor):
+        self.monitor = monitor
 
     def on_run_start(self, event: events.RunStart) -> None:
         from nanogpt_monitor.model_view import describe
@@ -105,37 +105,56 @@ class _MonitorObserver(events.Observer):
         self.monitor.run_ended(**dataclasses.asdict(event))
 
     def close(self) -> None:
-        """Stop serving and close the metrics log."""
-        self.server.close()
+        """Stop the monitor process (when this rank started it) and close the journal and metrics log."""
         self.monitor.close()
+
+    @property
+    def url(self) -> str | None:
+        return self.monitor.server.url if self.monitor.server is not None else None
 
 
 def build_observer(cfg: TrainConfig, rank: int, local_rank: int) -> events.Observer | None:
-    """The observer that exports this rank's metrics, its server already started; None with --no-metrics.
+    """The observer that records this rank's metrics; None with --no-metrics.
 
-    Serves on cfg.metrics_host:cfg.metrics_port (under torchrun _init_distributed already added
-    LOCAL_RANK to the port), with basic auth / TLS when --metrics-web-config names a file. Rank 0 logs its history to out_dir/metrics.jsonl, rank r > 0 to
-    out_dir/metrics.rank<r>.jsonl. A port in use raises ConfigError (one line, exit 2).
+    Every rank records into the node's run directory (--metrics-dir, else one per run_id under the
+    temp dir). Local rank 0 starts the node's monitor process, which serves every local rank on
+    cfg.metrics_host:cfg.metrics_port, with basic auth / TLS when --metrics-web-config names a file;
+    with --metrics-external one started separately does. Rank 0 logs its history to
+    out_dir/metrics.jsonl, rank r > 0 to out_dir/metrics.rank<r>.jsonl. A port in use raises
+    ConfigError (one line, exit 2).
     """
     if cfg.no_metrics:
         return None
     from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
+    from exporter.journal import run_directory
 
     name = "metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"
-    monitor = TrainingMonitor(run_id=cfg.run_id, rank=rank, metrics_log=os.path.join(cfg.out_dir, name))
-    # device health of this rank's GPU, read at scrape time (nothing without CUDA)
+    directory = cfg.metrics_dir or run_directory(cfg.run_id, _node_rank())
+    monitor = TrainingMonitor(run_id=cfg.run_id, rank=rank, directory=directory,
+                              metrics_log=os.path.join(cfg.out_dir, name), node=_node_rank())
+    # device health of this rank's GPU, read at log points (nothing without CUDA)
     from nanogpt_monitor.gpu import register_gpu_collector
 
     register_gpu_collector(monitor, devices=[cfg.device])
-    try:
-        web_config = load_web_config(cfg.metrics_web_config) if cfg.metrics_web_config else None
-        server = monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=web_config)
-    except (ServeError, WebConfigError) as e:
-        raise ConfigError(str(e)) from None
-    # printed, not logged: ranks > 0 log only warnings, and tests read every rank's URL
-    prefix = f"[rank {rank}] " if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
-    print(f"{prefix}metrics: {server.url}/metrics", flush=True)
-    return _MonitorObserver(monitor, server)
+    if local_rank == 0 and not cfg.metrics_external:
+        try:
+            if cfg.metrics_web_config:
+                load_web_config(cfg.metrics_web_config)  # a bad file is one line now, not the monitor's
+            linger = linger_seconds(cfg, rank)
+            monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=cfg.metrics_web_config or None,
+                          linger=linger, remove_dir=not cfg.metrics_dir)
+        except (ServeError, WebConfigError) as e:
+            monitor.close()
+            raise ConfigError(str(e)) from None
+        # printed, not logged: ranks > 0 log only warnings, and tests read the URL
+        prefix = f"[rank {rank}] " if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+        print(f"{prefix}metrics: {monitor.server.url}/metrics", flush=True)
+    return _MonitorObserver(monitor)
+
+
+def _node_rank() -> int:
+    """The node's rank under torchrun (GROUP_RANK), 0 alone."""
+    return int(os.environ.get("GROUP_RANK", 0) or 0)
 
 
 def _setup_logging(rank: int, world_size: int) -> None:
@@ -162,8 +181,7 @@ def _init_distributed(cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
     # every rank must label its metrics with the same run id: rank 0 decides
     run_id = [cfg.run_id or generate_run_id()]
     dist.broadcast_object_list(run_id, src=0)
-    port = cfg.metrics_port + local_rank if cfg.metrics_port != 0 else 0
-    return dataclasses.replace(cfg, run_id=run_id[0], metrics_port=port), rank, local_rank
+    return dataclasses.replace(cfg, run_id=run_id[0]), rank, local_rank
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,8 +277,10 @@ def _on_terminal() -> bool:
 def _linger_and_close(observer, cfg: TrainConfig, signals: _StopSignals, rank: int) -> None:
     """Keep serving for linger_seconds() (so the final state gets scraped or seen), then stop."""
     seconds = linger_seconds(cfg, rank, bool(signals.received)) if observer is not None else 0.0
+    if observer is not None and observer.url is None:
+        seconds = 0.0  # this rank serves nothing: the node's monitor is local rank 0's
     if seconds == math.inf:
-        log.info("run finished; page stays at %s/ until Ctrl-C", observer.server.url)
+        log.info("run finished; page stays at %s/ until Ctrl-C", observer.url)
     elif seconds > 0:
         log.info("serving metrics for %.0f more seconds (a signal ends this)", seconds)
     if seconds > 0:

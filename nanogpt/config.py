@@ -73,7 +73,10 @@ class TrainConfig:
     preset: str = "cpu-small"  # named base config, see PRESETS
     # metrics (read by the CLI's exporter wiring, not by the loop)
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 8000  # 0 = any free port; under DDP each rank uses metrics_port + LOCAL_RANK
+    metrics_port: int = 8000  # 0 = any free port; one monitor process per node serves every local rank here
+    # where the run's figures are recorded for the monitor; '' = a per-run folder under the temp dir
+    metrics_dir: str = ""
+    metrics_external: bool = False  # a monitor started separately (nanogpt-monitor serve) serves metrics_dir
     run_id: str = ""  # '' = generate one
     no_metrics: bool = False
     # seconds to keep serving after training ends; None (not given) = until Ctrl-C when started from

@@ -1,9 +1,10 @@
 """One training process's monitor, for the framework adapters and hand-written loops.
 
 `MonitoredRun` is what the Hugging Face and Lightning callbacks share: it
-serves `exporter.TrainingMonitor` on base port + LOCAL_RANK with the rank from
-the environment (as our trainer does under torchrun), prints
-`metrics: http://HOST:PORT/metrics`, describes the model once, and keeps the
+records this rank into the node's run directory with the rank from the
+environment, and on local rank 0 starts the node's monitor process on the
+port (as our trainer does under torchrun) and prints
+`metrics: http://HOST:PORT/metrics`; it describes the model once, and keeps the
 bookkeeping a framework's hooks do not hand over: step time and tokens/s
 between log points (evaluations left out), the best validation loss, and the
 end state (a process that exits before training ended reports `failed`).
@@ -97,14 +98,14 @@ class MonitoredRun:
 
     def __init__(self, run_id: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
                  metrics_log: Optional[str] = None, linger_seconds: float = 0.0, web_config: Any = None):
-        """`port`: rank 0's port (rank r serves on port + LOCAL_RANK; 0 = any free port);
-        `linger_seconds`: keep serving that long when the process exits, so the end gets scraped."""
+        """`port`: the node's monitor port (0 = any free port); `linger_seconds`: keep serving that
+        long when the process exits, so the end gets scraped."""
         self.run_id, self.host, self.port = run_id, host, int(port)
         self.metrics_log, self.linger_seconds, self.web_config = metrics_log, float(linger_seconds), web_config
         self.monitor: Optional[TrainingMonitor] = None
         self.server = None
         self.iteration = 0
-        self.ended = False
+        self.ended = self.closed = False
         self.best_val_loss = math.inf
         self._span_start = self._span_tokens = self._span_steps = self._span_excluded = 0
 
@@ -117,7 +118,7 @@ class MonitoredRun:
 
     @property
     def url(self) -> Optional[str]:
-        """http://HOST:PORT of this rank's server, once started."""
+        """http://HOST:PORT of the node's monitor, on the local rank that started it."""
         return self.server.url if self.server is not None else None
 
     def start(self, max_iterations: int, model=None, start_iteration: int = 0,
@@ -129,12 +130,18 @@ class MonitoredRun:
             raise RuntimeError("this MonitoredRun has already started")
         rank, local_rank, env_world_size = process_rank()
         run_id = _shared_run_id(self.run_id)
-        monitor = TrainingMonitor(run_id=run_id, rank=rank, metrics_log=self.metrics_log)
-        port = self.port + local_rank if self.port else 0
-        self.server = monitor.serve(host=self.host, port=port, web_config=self.web_config)
+        monitor = TrainingMonitor(run_id=run_id, rank=rank, metrics_log=self.metrics_log,
+                                  node=int(os.environ.get("GROUP_RANK", 0) or 0))
+        if local_rank == 0:
+            try:
+                self.server = monitor.serve(host=self.host, port=self.port, web_config=self.web_config,
+                                            linger=self.linger_seconds, remove_dir=True)
+            except ServeError:
+                monitor.close()
+                raise
+            prefix = f"[rank {rank}] " if env_world_size > 1 else ""
+            print(f"{prefix}metrics: {self.server.url}/metrics", flush=True)
         self.monitor, self.run_id = monitor, run_id
-        prefix = f"[rank {rank}] " if env_world_size > 1 else ""
-        print(f"{prefix}metrics: {self.server.url}/metrics", flush=True)
         atexit.register(self._at_exit)
         self._report_start(max_iterations, model, start_iteration, tokens_per_iteration, dataset, device, dtype,
                            model_config, world_size or env_world_size)
@@ -206,14 +213,15 @@ class MonitoredRun:
                                reason=reason)
 
     def close(self, linger_seconds: Optional[float] = None) -> None:
-        """Keep serving `linger_seconds` (default: the constructor's), then stop the server."""
-        if self.server is None:
+        """Keep serving `linger_seconds` (default: the constructor's) where this rank started the
+        monitor, then stop it; close the rank's records."""
+        if self.monitor is None or self.closed:
             return
+        self.closed = True
         linger = self.linger_seconds if linger_seconds is None else linger_seconds
-        if linger > 0:
+        if self.server is not None and linger > 0:
             print(f"serving metrics for {linger:.0f} more seconds", flush=True)
             time.sleep(linger)
-        self.server.close()
         self.monitor.close()
         self.server = None
 
