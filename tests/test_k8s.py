@@ -1,6 +1,8 @@
 """deploy/k8s, the kustomize base, offline: `kubectl kustomize` renders it, every core document
 validates with kubernetes-validate, the prometheus-operator resources match their CRD schemas,
-the generated files equal their sources, and the PrometheusRule's groups pass promtool."""
+the generated files equal their sources, the PrometheusRule's groups pass promtool, and each pod is
+a trainer writing its ranks' figures into a shared emptyDir plus one monitor container serving them
+on the one port the PodMonitor scrapes."""
 
 from __future__ import annotations
 
@@ -158,10 +160,14 @@ def test_dashboard_configmaps_carry_the_dashboards_for_grafanas_sidecar():
         assert configmap["data"] == {source.name: source.read_text()}
 
 
-def container(documents) -> dict:
+def pod_spec(documents) -> dict:
     (job,) = [d for d in documents if d["kind"] == "Job"]
-    (trainer,) = job["spec"]["template"]["spec"]["containers"]
-    return trainer
+    return job["spec"]["template"]["spec"]
+
+
+def container(documents, name: str = "trainer") -> dict:
+    (found,) = [c for c in pod_spec(documents)["containers"] if c["name"] == name]
+    return found
 
 
 def torchrun_flag(trainer: dict, name: str) -> str:
@@ -169,20 +175,122 @@ def torchrun_flag(trainer: dict, name: str) -> str:
     return value
 
 
-@pytest.mark.parametrize("nnodes,nproc", [(generate.NNODES, generate.NPROC_PER_NODE), (4, 8)])
-def test_one_value_sets_ranks_per_pod_ports_and_scraped_endpoints(nnodes, nproc):
-    documents = [*generate.trainer(nnodes, nproc, gpus=False), generate.pod_monitor(nproc)]
+def monitor_flag(monitor: dict, name: str) -> str:
+    """The value of `nanogpt-monitor serve --NAME=VALUE` (or `--NAME VALUE`)."""
+    args = monitor["args"]
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    values += [args[i + 1] for i, a in enumerate(args[:-1]) if a == f"--{name}"]
+    (value,) = values
+    return value
+
+
+def pod_problems(documents) -> list[str]:
+    """How the Job's pod differs from its shape: a `trainer` whose ranks only write their figures into
+    a shared emptyDir, and a regular `monitor` container serving them all on one port, `metrics`."""
+    pod = pod_spec(documents)
+    names = [c["name"] for c in pod["containers"]]
+    if names != ["trainer", "monitor"]:
+        return [f"containers {names}, not trainer and monitor"]
+    trainer, monitor = container(documents), container(documents, "monitor")
+    problems = []
+    if pod.get("initContainers") or "restartPolicy" in monitor:
+        # the kubelet stops a native sidecar when the trainer exits, before the linger's scrapes
+        problems.append("a native sidecar")
+    if pod.get("shareProcessNamespace") is not True:
+        problems.append("no shared process namespace: the monitor cannot see a rank killed with -9")
+    if "--metrics-external" not in trainer["args"]:
+        problems.append("the trainer starts its own monitor")
+    own_monitor = re.compile(r"--metrics-(host|port|linger|web-config)\b")  # flags of a monitor it would start
+    problems += [f"trainer flag {a}" for a in trainer["args"] if own_monitor.match(a)]
+    problems += [f"trainer port {p['name']}" for p in trainer["ports"] if p["name"] != "c10d"]
+    args = monitor["args"]
+    if monitor["command"] != ["nanogpt-monitor"] or args[:1] != ["serve"]:
+        problems.append(f"monitor runs {monitor['command'] + args[:1]}, not nanogpt-monitor serve")
+    directory = torchrun_flag(trainer, "metrics-dir")
+    if monitor_flag(monitor, "dir") != directory:
+        problems.append(f"the monitor serves {monitor_flag(monitor, 'dir')}, the ranks write {directory}")
+    mounts = {c["name"]: [m["name"] for m in c["volumeMounts"] if m["mountPath"] == directory]
+              for c in (trainer, monitor)}  # fmt: skip
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if mounts["trainer"] != mounts["monitor"] or len(mounts["trainer"]) != 1:
+        problems.append(f"{directory} mounted from {mounts}, not one shared volume")
+    elif set(volumes[mounts["trainer"][0]]) != {"name", "emptyDir"}:
+        problems.append(f"{directory} is not an emptyDir")
+    if (monitor_flag(monitor, "host"), int(monitor_flag(monitor, "port"))) != ("0.0.0.0", generate.METRICS_PORT):
+        problems.append("the monitor does not listen on the pod's metrics port")
+    if monitor["ports"] != [{"name": "metrics", "containerPort": generate.METRICS_PORT}]:
+        problems.append(f"monitor ports {monitor['ports']}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        if monitor.get(probe, {}).get("httpGet") != {"path": "/healthz", "port": "metrics"}:
+            problems.append(f"monitor {probe} is not GET /healthz on metrics")
+    return problems
+
+
+TOPOLOGIES = [(generate.NNODES, generate.NPROC_PER_NODE), (4, 8), (1, 1)]
+
+
+@pytest.mark.parametrize("nnodes,nproc", TOPOLOGIES)
+def test_one_value_sets_the_ranks_per_pod_and_one_port_serves_them_all(nnodes, nproc):
+    documents = [*generate.trainer(nnodes, nproc, gpus=False), generate.pod_monitor()]
     (job,) = [d for d in documents if d["kind"] == "Job"]
     trainer = container(documents)
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == int(torchrun_flag(trainer, "nnodes")) == nnodes
     assert int(torchrun_flag(trainer, "nproc_per_node")) == nproc
-    metrics_ports = {p["name"]: p["containerPort"] for p in trainer["ports"] if p["name"].startswith("metrics-")}
-    base = int(torchrun_flag(trainer, "metrics-port"))
-    assert metrics_ports == {f"metrics-{k}": base + k for k in range(nproc)}  # --metrics-port + LOCAL_RANK
-    (monitor,) = [d for d in documents if d["kind"] == "PodMonitor"]
-    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == list(metrics_ports)
     assert int(torchrun_flag(trainer, "gradient_accumulation_steps")) % (nnodes * nproc) == 0
+    # however many ranks: one metrics port per pod, the monitor's, and the PodMonitor's one endpoint
+    assert pod_problems(documents) == []
+    (monitor,) = [d for d in documents if d["kind"] == "PodMonitor"]
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+def test_the_pod_is_a_trainer_writing_its_figures_and_a_monitor_serving_them():
+    assert pod_problems(rendered()) == []
+    trainer, monitor, pod = container(rendered()), container(rendered(), "monitor"), pod_spec(rendered())
+    assert torchrun_flag(trainer, "metrics-dir") == "/run/nanogpt-monitor"
+    assert monitor["image"] == trainer["image"]
+    assert int(monitor_flag(monitor, "linger")) >= 2 * 15  # two scrapes at the PodMonitor's 15s see the end
+    liveness = monitor["livenessProbe"]  # restartPolicy Never: a monitor this probe kills fails the pod
+    assert liveness.get("periodSeconds", 10) * liveness.get("failureThreshold", 3) >= 60
+    assert monitor["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}}  # no limits to be killed by
+    # the monitor reads the ranks' files and checks their pids as the same user that wrote them
+    user = pod["securityContext"]["runAsUser"]
+    assert monitor.get("securityContext", {}).get("runAsUser", user) == user
+    assert trainer.get("securityContext", {}).get("runAsUser", user) == user
+    assert monitor["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def _native_sidecar(documents):
+    pod = pod_spec(documents)
+    pod["initContainers"] = [{**pod["containers"].pop(), "restartPolicy": "Always"}]
+    pod["containers"].append({**pod["initContainers"][0], "name": "monitor"})  # still found by name
+
+
+def _separate_volumes(documents):
+    pod = pod_spec(documents)
+    pod["volumes"].append({"name": "elsewhere", "emptyDir": {}})
+    container(documents, "monitor")["volumeMounts"][0]["name"] = "elsewhere"
+
+
+PER_RANK_PORTS = {"name": "metrics-0", "containerPort": 8000}
+BROKEN_PODS = {
+    "per-rank port": lambda d: container(d)["ports"].insert(0, dict(PER_RANK_PORTS)),
+    "own monitor": lambda d: container(d)["args"].remove("--metrics-external"),
+    "trainer port flag": lambda d: container(d)["args"].append("--metrics-port=8000"),
+    "no shared pids": lambda d: pod_spec(d).pop("shareProcessNamespace"),
+    "native sidecar": _native_sidecar,
+    "separate volumes": _separate_volumes,
+    "other directory": lambda d: container(d, "monitor")["args"].__setitem__(1, "--dir=/tmp"),
+    "no probe": lambda d: container(d, "monitor").pop("livenessProbe"),
+    "no monitor": lambda d: pod_spec(d)["containers"].pop(),
+}
+
+
+@pytest.mark.parametrize("breakage", BROKEN_PODS)
+def test_pod_checks_catch_each_departure_from_the_shape(breakage):
+    documents = json.loads(json.dumps(list(rendered())))
+    BROKEN_PODS[breakage](documents)
+    assert pod_problems(documents)
 
 
 def test_pods_rendezvous_at_pod_zero_through_the_headless_service():
@@ -206,11 +314,13 @@ def test_podmonitor_selects_the_trainer_pods_with_the_labels_rules_and_dashboard
     (monitor,), (job,) = of_kind("PodMonitor"), of_kind("Job")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
     alert_rules = (PROMETHEUS_RULES / "nanogpt-alerts.yml").read_text()
-    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-        relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
-        assert f'job="{relabel["job"]["replacement"]}"' in alert_rules  # NanoGPTExporterDown selects up{job=...}
-        assert relabel["node"]["sourceLabels"] == ["__meta_kubernetes_pod_node_name"]
-        assert endpoint["filterRunning"] is False  # a crashed pod's targets stay, down, for NanoGPTExporterDown
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]  # one target per pod = per node
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert f'job="{relabel["job"]["replacement"]}"' in alert_rules  # NanoGPTExporterDown selects up{job=...}
+    assert relabel["node"]["sourceLabels"] == ["__meta_kubernetes_pod_node_name"]  # the target is the node
+    assert "rank" not in relabel  # rank is each series' own label: one target serves several ranks
+    assert endpoint["filterRunning"] is False  # a crashed pod's target stays, down, for NanoGPTExporterDown
     assert monitor["metadata"]["labels"]["release"] == (of_kind("PrometheusRule")[0]["metadata"]["labels"]["release"])
 
 

@@ -4,10 +4,12 @@
     python deploy/k8s/generate.py --nproc-per-node 8 --nnodes 4 --gpus   # another topology
     python deploy/k8s/generate.py --out DIR              # write them elsewhere (the tests compare)
 
-- trainer.yaml: the Indexed Job (one pod per node, one named container port per local rank),
-  its headless Service (the c10d rendezvous address) and the checkpoint PVC. NNODES and
+- trainer.yaml: the Indexed Job (one pod per node: a `trainer` container running torchrun, whose
+  ranks write their figures into a shared emptyDir, and a `monitor` container serving them all on
+  one port), its headless Service (the c10d rendezvous address) and the checkpoint PVC. NNODES and
   NPROC_PER_NODE below are the one place the topology is set.
-- podmonitor.yaml: scrapes every rank's port, with the target labels the rules and dashboards need.
+- podmonitor.yaml: scrapes each pod's one `metrics` port (one target per node; every series carries
+  its own `rank`), with the target labels the rules and dashboards need.
 - prometheusrule.yaml: the groups of prometheus/rules/*.yml, verbatim.
 - dashboards/*.json: copies of grafana/dashboards/*.json (kustomize reads files only below its root).
 - examples/alertmanagerconfig.yaml: prometheus/alertmanager.yml's routing as an AlertmanagerConfig.
@@ -32,9 +34,18 @@ DASHBOARDS = REPO / "grafana" / "dashboards"
 ALERTMANAGER = REPO / "prometheus" / "alertmanager.yml"
 
 NNODES = 2  # pods of the Indexed Job = torchrun --nnodes
-NPROC_PER_NODE = 2  # ranks per pod = torchrun --nproc_per_node = named metrics ports per pod
+NPROC_PER_NODE = 2  # ranks per pod = torchrun --nproc_per_node
 NAME = "nanogpt"  # Job, headless Service (= pod subdomain), PodMonitor, PrometheusRule
-METRICS_PORT = 8000  # rank k of a pod serves on METRICS_PORT + LOCAL_RANK k
+IMAGE = "nanogpt-monitor:latest"  # trainer and monitor: one image
+USER = 1000  # the image's user `trainer`; both containers run as it (the monitor reads what the ranks write)
+METRICS_PORT = 8000  # the monitor container's one port (named METRICS_PORT_NAME): every local rank's series
+METRICS_PORT_NAME = "metrics"
+METRICS_DIR = "/run/nanogpt-monitor"  # the emptyDir both containers mount: the ranks' figures and journals
+LINGER_SECONDS = 120  # the monitor serves the final figures this long after the last rank ended
+# The monitor gives up if no rank appears within this. A rank appears only once torchrun's c10d
+# rendezvous (join timeout 600 s) has gathered every pod and started its workers, so the default 600
+# could expire first; a trainer that never starts keeps the pod up at most this long.
+WAIT_SECONDS = 900
 RENDEZVOUS_PORT = 29400  # torchrun's c10d default
 # kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules by its Helm release label
 RELEASE_LABEL = {"release": "kube-prometheus-stack"}
@@ -80,14 +91,15 @@ def trainer(nnodes: int, nproc_per_node: int, gpus: bool) -> list[dict]:
             "--rdzv_backend=c10d", f"--rdzv_endpoint={NAME}-0.{NAME}:{RENDEZVOUS_PORT}", "--rdzv_id=$(RUN_ID)",
             "--max_restarts=0", "-m", "nanogpt",
             "--run-id=$(RUN_ID)", "--out_dir=/out/$(RUN_ID)",
-            "--metrics-host=0.0.0.0", f"--metrics-port={METRICS_PORT}", "--metrics-linger=120",
+            # the ranks only write their figures; the monitor container serves them
+            f"--metrics-dir={METRICS_DIR}", "--metrics-external",
             # counts micro-steps over all ranks, so a multiple of the world size
             f"--gradient_accumulation_steps={world_size}"]  # fmt: skip
     resources = {"requests": {"cpu": str(nproc_per_node), "memory": "4Gi"}}
     if gpus:
         resources["limits"] = {"nvidia.com/gpu": nproc_per_node}
     container = {
-        "name": "trainer", "image": "nanogpt-monitor:latest", "imagePullPolicy": "IfNotPresent",
+        "name": "trainer", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
         "command": ["torchrun"], "args": args,
         "env": [
             # the pod's index in the Job is its node rank (the Job controller sets this annotation)
@@ -96,10 +108,26 @@ def trainer(nnodes: int, nproc_per_node: int, gpus: bool) -> list[dict]:
             # all ranks of all pods share one run_id: the Job's name
             {"name": "RUN_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
         ],
-        "ports": [*({"name": f"metrics-{k}", "containerPort": METRICS_PORT + k} for k in range(nproc_per_node)),
-                  {"name": "c10d", "containerPort": RENDEZVOUS_PORT}],
+        "ports": [{"name": "c10d", "containerPort": RENDEZVOUS_PORT}],
         "resources": resources,
-        "volumeMounts": [{"name": "checkpoints", "mountPath": "/out"}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "checkpoints", "mountPath": "/out"}, {"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "monitor", "mountPath": METRICS_DIR}],
+    }
+    probe = {"httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME}, "timeoutSeconds": 5}
+    monitor = {
+        "name": "monitor", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+        "command": ["nanogpt-monitor"],
+        "args": ["serve", f"--dir={METRICS_DIR}", "--host=0.0.0.0", f"--port={METRICS_PORT}",
+                 f"--linger={LINGER_SECONDS}", f"--wait={WAIT_SECONDS}"],
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT}],
+        "readinessProbe": {**probe, "periodSeconds": 10},
+        # restartPolicy Never: a monitor killed by this probe stays dead and fails the pod (and the Job),
+        # so it is lenient (2 minutes without an answer); /healthz answers at once, outside the limiter
+        "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 20, "failureThreshold": 6},
+        # no limits: a monitor killed for memory or throttled would fail or blind a healthy run
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "securityContext": {"runAsUser": USER, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "monitor", "mountPath": METRICS_DIR}],
     }
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": NAME, "labels": {**POD_LABELS, **PART_OF}},
            "spec": {
@@ -110,23 +138,31 @@ def trainer(nnodes: int, nproc_per_node: int, gpus: bool) -> list[dict]:
                    "spec": {
                        "subdomain": NAME,  # with the headless Service: pod i is reachable as nanogpt-i.nanogpt
                        "restartPolicy": "Never",
-                       "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
-                       "containers": [container],
+                       # the monitor sees the ranks' pids: a rank killed with -9 (OOM) is noticed as ended
+                       "shareProcessNamespace": True,
+                       "securityContext": {"runAsNonRoot": True, "runAsUser": USER, "fsGroup": USER},
+                       # a regular container, not a native sidecar (TRAINER_NOTE: the kubelet would stop
+                       # it when the trainer exits, before the linger); the pod ends once both have
+                       "containers": [container, monitor],
                        "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": f"{NAME}-checkpoints"}},
-                                   {"name": "dshm", "emptyDir": {"medium": "Memory"}}],  # DataLoader/gloo shm
+                                   {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # DataLoader/gloo shm
+                                   # on the node's disk, not tmpfs: a long run's journals would count as memory
+                                   {"name": "monitor", "emptyDir": {}}],
                    }}}}  # fmt: skip
     return [service, pvc, job]
 
 
-def pod_monitor(nproc_per_node: int) -> dict:
-    """One endpoint per rank port. job="nanogpt" is what the rules and dashboards select; the operator
-    adds namespace, pod and container; node is the Kubernetes node the pod runs on."""
+def pod_monitor() -> dict:
+    """One endpoint: each pod's monitor port, so one target per node, whatever its number of ranks
+    (each series carries its own global `rank`). job="nanogpt" is what the rules and dashboards
+    select; the operator adds namespace, pod and container; node is the Kubernetes node the pod runs on."""
     relabelings = [{"targetLabel": "job", "replacement": NAME},
                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]
-    endpoints = [{"port": f"metrics-{k}", "path": "/metrics", "interval": "15s",
-                  # keep finished and failed pods' targets: a crashed rank then shows as up == 0
-                  # (NanoGPTExporterDown), a finished one is excluded by its state
-                  "filterRunning": False, "relabelings": relabelings} for k in range(nproc_per_node)]  # fmt: skip
+    endpoints = [{"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "15s",
+                  # keep finished and failed pods' targets: once a crashed pod's monitor has lingered
+                  # and exited, its target shows as up == 0 (NanoGPTExporterDown); a finished one is
+                  # excluded by its state
+                  "filterRunning": False, "relabelings": relabelings}]  # fmt: skip
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
             "metadata": {"name": NAME, "labels": {**PART_OF, **RELEASE_LABEL}},
             "spec": {"selector": {"matchLabels": POD_LABELS}, "podMetricsEndpoints": endpoints}}
@@ -174,6 +210,15 @@ def alertmanager_config() -> dict:
                      "inhibitRules": inhibit}}  # fmt: skip
 
 
+TRAINER_NOTE = """\
+# Each pod is one torchrun node: the `trainer` container's ranks only write their figures into the
+# shared emptyDir `monitor` (--metrics-dir, --metrics-external: no port); the `monitor` container
+# serves every local rank's series on one port, `metrics`, which the PodMonitor scrapes. It is a
+# regular container, not a native sidecar (an initContainer with restartPolicy: Always): the kubelet
+# stops a native sidecar as soon as the trainer exits, and the final figures would not be scraped
+# during the linger. shareProcessNamespace lets it see the ranks' pids (a rank killed with -9 ends).
+"""
+
 ALERTMANAGER_NOTE = """\
 # An example, not part of the kustomize base: apply it where your Alertmanager selects
 # AlertmanagerConfigs (kube-prometheus-stack: alertmanager.alertmanagerSpec.alertmanagerConfigSelector).
@@ -190,9 +235,10 @@ def render(nnodes: int = NNODES, nproc_per_node: int = NPROC_PER_NODE, gpus: boo
     """Relative path -> text of every generated file."""
     topology = f"NNODES={nnodes}, NPROC_PER_NODE={nproc_per_node}{', gpus' if gpus else ''}"
     files = {
-        "trainer.yaml": HEADER.format(source=f"its NNODES and NPROC_PER_NODE ({topology})") +
+        "trainer.yaml": HEADER.format(source=f"its NNODES and NPROC_PER_NODE ({topology})") + TRAINER_NOTE +
         dump(*trainer(nnodes, nproc_per_node, gpus)),
-        "podmonitor.yaml": HEADER.format(source=f"NPROC_PER_NODE ({topology})") + dump(pod_monitor(nproc_per_node)),
+        "podmonitor.yaml": HEADER.format(source="its pod_monitor() (one endpoint per pod, any topology)") +
+        dump(pod_monitor()),
         "prometheusrule.yaml": HEADER.format(source="prometheus/rules/*.yml") + dump(prometheus_rule()),
         "examples/alertmanagerconfig.yaml": HEADER.format(source="prometheus/alertmanager.yml") + ALERTMANAGER_NOTE +
         dump(alertmanager_config()),

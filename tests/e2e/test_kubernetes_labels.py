@@ -32,7 +32,9 @@ GROUP_WAIT_SECONDS = 5  # several rule evaluations (1 s): ranks whose alerts fir
 
 
 def kubernetes_groups(run: SimulatedRun) -> list[dict]:
-    """One file_sd group per pod, labelled as the PodMonitor labels its targets."""
+    """One file_sd group per pod, with the labels the PodMonitor gives a pod's target. On the cluster
+    that is one target, the pod's monitor serving its ranks on one port; a simulated rank serves on
+    a port of its own, so here a pod's group lists its ranks' ports."""
     groups = []
     for pod in range(RANKS // RANKS_PER_POD):
         ports = run.ports[pod * RANKS_PER_POD:(pod + 1) * RANKS_PER_POD]
