@@ -182,7 +182,7 @@ class _TrainerProcesses:
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for view in list(self.node.views.values()):
-            if view.pid is None or view.ended:
+            if view.pid is None:  # a process that is gone yields nothing: its /proc is gone too
                 continue
             collector = self._collectors.get(view.pid)
             if collector is None:

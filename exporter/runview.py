@@ -147,7 +147,7 @@ class RunView:
     def status(self, now: Optional[float] = None) -> dict:
         """The /api/status snapshot: state, latest figures, rates, ETA, trend and window mean."""
         fields = dict(self.fields)
-        if self.running and (iteration := self.live_iteration()) is not None:
+        if (iteration := self.live_iteration()) is not None:  # also where a killed trainer left off
             fields["iteration"] = max(iteration, fields["iteration"])
         last = self.history.last()
         answer = snapshot(self.run_id, self.rank, fields, self.history.tail(READ_SECONDS),

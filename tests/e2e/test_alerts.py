@@ -9,12 +9,14 @@ pointed at the webhook and its waits cut to a second.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 
 from tests.support.alerting import SCALE, Webhook, alertmanager_config, delivered
-from tests.support.procs import FAULTY_TRAINER, Alertmanager, Prometheus, Trainer
+from tests.support.procs import FAULTY_TRAINER, Alertmanager, Prometheus, Trainer, http_json, wait_until
 from tests.support.rules import plateau_parameters, write_scaled_rules
 
 RUN = ["--max_iters=1000000", "--log_interval=1", "--eval_interval=1000000"]  # runs until stopped
@@ -62,3 +64,18 @@ def test_a_nan_loss_delivers_loss_not_finite_to_the_webhook(stack):
     assert alert["labels"]["severity"] == "critical"
     assert alert["annotations"]["summary"] == "Run e2e-nan (rank 0): training loss is NaN or infinite"
     assert trainer.find(r"iter \d+: loss nan")
+
+
+@pytest.mark.slow
+def test_a_hung_trainer_keeps_being_reported_and_delivers_training_stalled(stack):
+    trainer, webhook = stack("--run-id=e2e-hang", *RUN)
+    wait_until(lambda: http_json(trainer.base_url + "/api/status")["iteration"] >= 5, timeout=60,
+               what="a few iterations (a mean step time) first")
+    os.kill(trainer.proc.pid, signal.SIGSTOP)  # a hang: the process lives, no iteration completes
+    try:
+        _, alert = delivered(webhook, "NanoGPTTrainingStalled", "e2e-hang", timeout=120)
+        assert alert["labels"]["severity"] == "critical"
+        # the monitor process still answers for the hung run, which is still running
+        assert http_json(trainer.base_url + "/api/status")["state"] == "running"
+    finally:
+        os.kill(trainer.proc.pid, signal.SIGCONT)
