@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 READY_FILE = "monitor.json"
 NICENESS = 10  # below training's priority: the scheduler favours the trainer when both want a core
 EXIT_BAD_INPUT = 2
+MIN_LINGER_SECONDS = 1.0
 
 log = logging.getLogger("nanogpt_monitor")
 
@@ -112,7 +113,9 @@ async def _serve(args: argparse.Namespace, web_config) -> int:
         loop.add_signal_handler(sig, monitor.closing.set)
     watcher = asyncio.create_task(monitor.watch())
     started, gone_since = time.monotonic(), None
-    linger = 0.0 if math.isinf(args.linger) else max(0.0, args.linger)  # nobody is left to end an endless one
+    # nobody is left to end an endless linger; and the end (a killed trainer's "failed") needs a moment
+    # to reach the open pages before the server goes
+    linger = max(MIN_LINGER_SECONDS, 0.0 if math.isinf(args.linger) else args.linger)
     try:
         while not monitor.closing.is_set():
             owner_alive = args.owner is not None and process_alive(args.owner)

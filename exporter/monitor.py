@@ -129,6 +129,8 @@ class TrainingMonitor:
             tokens_per_iteration=tokens_per_iteration, end_time=None, reason="")
         self._state = "running"
         m.set_state("running")
+        if self._device_collectors:
+            self._sample_devices()  # the devices' figures from the start, not only from the first log point
 
     def _restore_history(self, start_iteration: int) -> None:
         """On (re)start, keep the logged points before the start iteration, from disk when logged there.

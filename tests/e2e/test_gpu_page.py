@@ -19,16 +19,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def serve():
+def serve(tmp_path):
     """serve(device, gpus) -> (monitor, server); servers close after the pages (requested first)."""
     servers = []
 
     def start(device: str, gpus: list[FakeGpu]):
-        monitor = TrainingMonitor(run_id="gpu-page", rank=0)
+        monitor = TrainingMonitor(run_id="gpu-page", rank=0, directory=tmp_path / f"run{len(servers)}")
         if gpus:
             monitor.add_device_collector(GpuCollector(monitor, [device], cuda=FakeCuda(gpus), nvml=FakeNvml(gpus)))
         monitor.run_started(max_iterations=100, tokens_per_iteration=256, device=device, dtype="bfloat16")
-        servers.append(monitor.serve(host="127.0.0.1", port=0, keepalive_seconds=0.5))
+        servers.append(monitor.serve(host="127.0.0.1", port=0))
         return monitor, servers[-1]
 
     yield start
