@@ -11,7 +11,9 @@ socket and starts no thread; the monitor process (exporter.node, started by
 guarded: an exception inside it is logged once per site, counted in
 nanogpt_exporter_errors_total and swallowed, so monitoring can never break
 training. `iteration` (the per-step call) writes a few doubles to shared
-memory; `log` writes one journal line and one metrics-log line.
+memory; `log` writes its point as one journal line and one metrics-log line
+(plus a journal line for other logged values, and one for device readings
+where a device collector was added, which it reads then).
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ class TrainingMonitor:
         node = self.node if node is None else int(node)
         info = {"dataset": str(dataset), "device": str(device), "dtype": str(dtype),
                 "world_size": str(int(world_size)), "node": str(node), "version": VERSION}
-        self.journal.write("model", model_config=model_config, parameters=parameters,
-                           tree=model_tree if isinstance(model_tree, dict) else None)
+        self.journal.write("model", model_config=_json_safe(model_config), parameters=_json_safe(parameters),
+                           tree=_json_safe(model_tree) if isinstance(model_tree, dict) else None)
         self.journal.write("info", info={key: info[key] for key in INFO_KEYS})
         try:
             self._restore_history(int(start_iteration))
@@ -206,15 +208,22 @@ class TrainingMonitor:
             self.metrics_log.append(point)  # read() lets an amended line replace the one before it
 
     def _set_scalars(self, scalars: dict) -> None:
-        values = {}
+        """Export each value by name; a name beyond MAX_LOGGED_SCALARS is counted as an error and
+        left out, and the rest of the log point still counts."""
+        values, refused = {}, []
         for name, value in scalars.items():
             name = str(name)
             if name not in self._scalars and len(self._scalars) >= MAX_LOGGED_SCALARS:
-                raise ValueError(f"more than {MAX_LOGGED_SCALARS} logged value names; {name!r} is not exported")
+                refused.append(name)
+                continue
+            value = float(value)
             self._scalars.add(name)
-            values[name] = float(value)
-            self.metrics.logged_scalar[name].set(float(value))
+            values[name] = value
+            self.metrics.logged_scalar[name].set(value)
         self.journal.write("scalars", scalars={k: v if math.isfinite(v) else None for k, v in values.items()})
+        if refused:
+            self.report_error("log", ValueError(
+                f"more than {MAX_LOGGED_SCALARS} logged value names; {', '.join(map(repr, refused))} not exported"))
 
     @_guarded
     def evaluated(self, iteration: int, train_loss: Optional[float] = None, val_loss: Optional[float] = None,
@@ -288,7 +297,7 @@ class TrainingMonitor:
         for family in families:
             for sample in family.samples:
                 self.metrics.device_gauge(sample.name, family.documentation, sample.labels).set(sample.value)
-        self.journal.write("devices", gpus=device_status(families))
+        self.journal.write("devices", gpus=_json_safe(device_status(families)))
 
     # --- errors and state ----------------------------------------------------------------------
 
@@ -323,9 +332,11 @@ class TrainingMonitor:
 
 
 def _json_safe(value: Any) -> Any:
-    """Non-finite floats as None (the journal is strict JSON)."""
+    """Non-finite floats as None, at any depth (the journal is strict JSON)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
     return value

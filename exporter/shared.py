@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 # The file name's first part is the type MultiProcessCollector reports; gauges name their mode.
 FILE_KINDS = {"counter": "counter", "gauge": "gauge_mostrecent", "histogram": "histogram", "summary": "summary"}
+_TWO_DOUBLES = struct.Struct("dd").pack  # a value's (value, timestamp), as MmapedDict writes them
 
 
 class SharedFiles:
@@ -72,7 +74,7 @@ class SharedFiles:
         """A value of one sample (created now, so it is in the first scrape)."""
         key = mmap_key(metric, sample, list(labelnames), list(labelvalues), help_text)
         with self.lock:
-            return SharedValue(self, self.file(kind), key, initial)
+            return SharedValue(self, self.file(kind), key, initial, stamped=kind == "gauge")
 
     def close(self) -> None:
         with self.lock:
@@ -82,19 +84,27 @@ class SharedFiles:
 
 
 class SharedValue:
-    """One sample's double. `get` reads this process's copy: only this writer writes the key."""
+    """One sample's double. `get` reads this process's copy: only this writer writes the key.
 
-    __slots__ = ("_files", "_file", "_key", "_value")
+    A write is MmapedDict.write_value's, less its lookups: the 16 bytes at the key's fixed offset in
+    one slice assignment (never struct.pack_into, which a reader can catch half done). Only gauges
+    carry a timestamp ("mostrecent" compares them); the others write 0, as prometheus-client's own
+    multiprocess values do."""
 
-    def __init__(self, files: SharedFiles, mmaped: MmapedDict, key: str, initial: float):
+    __slots__ = ("_files", "_file", "_key", "_value", "_pos", "_stamped")
+
+    def __init__(self, files: SharedFiles, mmaped: MmapedDict, key: str, initial: float, stamped: bool = True):
         self._files, self._file, self._key, self._value = files, mmaped, key, float(initial)
-        mmaped.write_value(key, self._value, time.time())
+        self._stamped = stamped
+        mmaped.write_value(key, self._value, time.time() if stamped else 0.0)
+        self._pos = mmaped._positions[key]  # fixed: a growing file is remapped, its entries stay put
 
     def set(self, value: float) -> None:
         with self._files.lock:
-            self._value = float(value)
-            if self._file._m is not None:  # closed: the process is leaving, nothing reads it any more
-                self._file.write_value(self._key, self._value, time.time())
+            self._value = value = float(value)
+            m = self._file._m  # the current mapping (a grown file has a new one)
+            if m is not None:  # closed: the process is leaving, nothing reads it any more
+                m[self._pos:self._pos + 16] = _TWO_DOUBLES(value, time.time() if self._stamped else 0.0)
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:

@@ -1,23 +1,28 @@
-"""Device health beside the loss: a Prometheus collector that reads the GPUs when scraped.
+"""Device health beside the loss: a prometheus-client collector of the GPUs, read at each log point.
 
     from nanogpt_monitor.gpu import register_gpu_collector
     register_gpu_collector(monitor, devices=["cuda:0"])   # once, next to TrainingMonitor(...)
 
-Per CUDA device the training uses, every scrape of /metrics reads torch.cuda's
-allocator figures for this process (allocated, reserved, peak) and NVML's for
-the whole device (utilisation, memory used/total, power, temperature, SM
-clock, throttle reasons), labelled `gpu` (torch's index), `uuid`, `name`, plus
-`run_id` and `rank`. Names, HELP and labels come from exporter.catalogue (the
-`gpu` entries); this module maps values onto them.
+Per CUDA device the training uses, each log point (TrainingMonitor.log) reads
+torch.cuda's allocator figures for this process (allocated, reserved, peak)
+and NVML's for the whole device (utilisation, memory used/total, power,
+temperature, SM clock, throttle reasons), labelled `gpu` (torch's index),
+`uuid`, `name`, plus `run_id` and `rank`; the monitor records them as gauges
+and as /api/status's `gpus`, so /metrics shows the values of the last log
+point. They are read in the training process because only it can ask its
+allocator; the monitor process serving /metrics cannot. Names, HELP and labels
+come from exporter.catalogue (the `gpu` entries); this module maps values
+onto them.
 
-Nothing here runs in the training step: the HTTP server's thread calls
-collect(). None of these reads synchronises with the device (the allocator
-keeps its statistics on the host; NVML asks the driver). Where there is no
-CUDA (or CUDA is not initialised yet) it yields nothing, not zeros; without
-nvidia-ml-py or a driver NVML's families are absent and torch's remain. A
-reading the device does not support (power on some boards, utilisation under
-MIG) is left out. Any other error is logged once and counted in
-nanogpt_exporter_errors_total by the monitor, never raised into the scrape.
+collect() runs on the training thread at log points only, never in the
+per-step path, and none of its reads synchronises with the device (the
+allocator keeps its statistics on the host; NVML asks the driver: some tens of
+microseconds per reading). Where there is no CUDA (or CUDA is not initialised
+yet) it yields nothing, not zeros; without nvidia-ml-py or a driver NVML's
+families are absent and torch's remain. A reading the device does not support
+(power on some boards, utilisation under MIG) is left out. Any other error is
+logged once and counted in nanogpt_exporter_errors_total by the monitor, never
+raised into the training loop.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class GpuCollector:
         try:
             for index in self._indices():
                 self._collect_device(index, families)
-        except Exception as e:  # a scrape must never fail because of a GPU reading
+        except Exception as e:  # a log point must never fail because of a GPU reading
             self.monitor.report_error("gpu.collect", e)
         for family in families.values():
             if family.samples:
@@ -88,7 +93,7 @@ class GpuCollector:
 
     def _indices(self) -> list[int]:
         """torch device indices to read; empty while CUDA is absent or not initialised (reading
-        then would create a CUDA context from the server thread)."""
+        then would create a CUDA context the training may never have wanted)."""
         cuda = self._torch_cuda()
         if not cuda.is_available() or not cuda.is_initialized():
             return []
@@ -208,8 +213,8 @@ def _nvml_uuid(uuid: Any) -> str:
 
 
 def register_gpu_collector(monitor, devices: Optional[Iterable[Any]] = None) -> Optional[GpuCollector]:
-    """Register a GpuCollector for `devices` (default: the current CUDA device) on the monitor's
-    registry, so its /metrics and /api/status carry the device figures; returns it (None on error)."""
+    """Add a GpuCollector for `devices` (default: the current CUDA device) to the monitor, which reads
+    it at each log point, so /metrics and /api/status carry the device figures; returns it (None on error)."""
     try:
         collector = GpuCollector(monitor, devices)
         monitor.add_device_collector(collector)

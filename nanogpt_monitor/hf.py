@@ -4,13 +4,14 @@
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[MonitorCallback(port=8000)])
 
 A thin mapping of the Trainer's hooks to `MonitoredRun` (nanogpt_monitor.run):
-on_train_begin serves the metrics and describes the model (max_steps for the
-ETA), on_step_end counts the iteration and its tokens, on_log hands over loss,
+on_train_begin starts recording (on local rank 0 it starts the node's monitor
+too) and describes the model (max_steps for the ETA), on_step_end counts the iteration and its tokens, on_log hands over loss,
 learning rate and grad norm (other numeric log entries become
 nanogpt_logged_scalar), on_evaluate the eval loss, on_save the checkpoint,
 on_train_end the finished state; a process that exits before that reports
-`failed`. Under accelerate / torchrun every process serves its own rank on
-port + LOCAL_RANK. Tokens are counted from the shape of the `input_ids` the
+`failed`. Under accelerate / torchrun every process records its rank, and
+local rank 0 starts the node's monitor on `port`, which serves every rank of
+the node. Tokens are counted from the shape of the `input_ids` the
 model is called with in training (a forward pre-hook: shapes only, no device
 sync), so tokens/s shows whenever the batch carries them.
 
@@ -56,7 +57,7 @@ def _callback_class():
         def __init__(self, run_id: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                      metrics_log: str | None = None, linger_seconds: float = 0.0, dataset: str = "",
                      web_config=None):
-            """`port`: rank 0's (0 = a free one); `linger_seconds`: keep serving after the process
+            """`port`: the node's monitor's (0 = a free one); `linger_seconds`: keep serving after the process
             is done, so Prometheus scrapes the end; `run_id`: shared by all ranks (default generated)."""
             self.run = MonitoredRun(run_id=run_id, host=host, port=port, metrics_log=metrics_log,
                                     linger_seconds=linger_seconds, web_config=web_config)

@@ -5,8 +5,9 @@
 
 A thin mapping of Lightning's hooks to `MonitoredRun` (nanogpt_monitor.run), so a
 LightningModule that logs nothing still shows loss, learning rate, grad norm,
-throughput and ETA: on_train_start serves the metrics and describes the module
-(max_steps, or Lightning's estimated stepping batches, for the ETA); each
+throughput and ETA: on_train_start starts recording (on local rank 0 it starts
+the node's monitor too) and describes the module (max_steps, or Lightning's
+estimated stepping batches, for the ETA); each
 completed optimizer step counts an iteration and the batch's tokens (from its
 shape); every `log_every_n_steps` (the Trainer's by default) the mean
 training_step loss since the last log point, the first optimizer's learning
@@ -72,7 +73,7 @@ def _callback_class():
         def __init__(self, run_id: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                      metrics_log: str | None = None, linger_seconds: float = 0.0, dataset: str = "",
                      log_every_n_steps: int | None = None, web_config=None):
-            """`port`: rank 0's (0 = a free one); `linger_seconds`: keep serving after the process
+            """`port`: the node's monitor's (0 = a free one); `linger_seconds`: keep serving after the process
             is done; `log_every_n_steps`: default the Trainer's own."""
             self.run = MonitoredRun(run_id=run_id, host=host, port=port, metrics_log=metrics_log,
                                     linger_seconds=linger_seconds, web_config=web_config)

@@ -93,8 +93,22 @@ def guarded_hook(method):
     return wrapper
 
 
+def _remove_records(monitor: TrainingMonitor) -> None:
+    """What a monitor that will never be served left in its run directory: its files, the failed
+    monitor's answer, and the directory itself if nothing else is in it (another rank's records stay)."""
+    from exporter.cli import READY_FILE
+
+    for path in (*monitor.files.paths(), monitor.journal.path, monitor.directory / READY_FILE):
+        path.unlink(missing_ok=True)
+    try:
+        monitor.directory.rmdir()
+    except OSError:  # not empty: another rank records here
+        pass
+
+
 class MonitoredRun:
-    """This process's TrainingMonitor and server, started by `start`, and the figures between log points."""
+    """This process's TrainingMonitor (and, on local rank 0, the node's monitor process), started by
+    `start`, and the figures between log points."""
 
     def __init__(self, run_id: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
                  metrics_log: Optional[str] = None, linger_seconds: float = 0.0, web_config: Any = None):
@@ -124,8 +138,9 @@ class MonitoredRun:
     def start(self, max_iterations: int, model=None, start_iteration: int = 0,
               tokens_per_iteration: Optional[int] = None, dataset: str = "", device: str = "", dtype: str = "",
               model_config: Optional[dict] = None, world_size: Optional[int] = None) -> TrainingMonitor:
-        """Serve this rank's metrics, print their URL and report the run's start; describe `model`
-        (any torch.nn.Module) for the page and nanogpt_model_parameters. Once per process."""
+        """Record this rank (on local rank 0, start the node's monitor and print its URL) and report
+        the run's start; describe `model` (any torch.nn.Module) for the page and
+        nanogpt_model_parameters. Once per process."""
         if self.monitor is not None:
             raise RuntimeError("this MonitoredRun has already started")
         rank, local_rank, env_world_size = process_rank()
@@ -138,6 +153,7 @@ class MonitoredRun:
                                             linger=self.linger_seconds, remove_dir=True)
             except ServeError:
                 monitor.close()
+                _remove_records(monitor)
                 raise
             prefix = f"[rank {rank}] " if env_world_size > 1 else ""
             print(f"{prefix}metrics: {self.server.url}/metrics", flush=True)

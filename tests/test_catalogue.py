@@ -6,45 +6,61 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from exporter import catalogue
 from exporter import TrainingMonitor
-from exporter.metrics import create_metrics
 from nanogpt_monitor.gpu import GpuCollector
 from tests.support.gpu_double import FakeCuda, FakeGpu, FakeNvml
 from tests.support.grafana import load_dashboards, targets
+from tests.support.recorded import read_back
 from tests.test_metrics import SPEC_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 NANOGPT_NAME = re.compile(r"\bnanogpt_[a-z_]+")  # a series name in PromQL (recording rules use colons)
 
 
-def scraped_families() -> dict[str, tuple[str, list]]:
+@pytest.fixture
+def scraped_families(tmp_path):
     """Family name -> (type, samples) of a fresh monitor's first scrape, nanogpt_ families only."""
-    registry = CollectorRegistry()
-    create_metrics(registry, "r", 0)
-    return {f.name: (f.type, f.samples) for f in registry.collect() if f.name.startswith("nanogpt_")}
+    monitor = TrainingMonitor(run_id="r", rank=0, directory=tmp_path / "run")
+    return {name: (f.type, f.samples) for name, f in read_back(monitor).families().items()
+            if name.startswith("nanogpt_")}
 
 
-def test_the_registry_serves_exactly_the_catalogue_less_the_per_gpu_families():
-    scraped = scraped_families()
-    assert sorted(scraped) == sorted(m.name for m in catalogue.REGISTERED)
+# a family whose label values the run chooses has no series until it logs one (nor HELP: mmap files
+# hold samples, not families)
+CHOSEN_LABELS = {m.name for m in catalogue.REGISTERED if m.label and not m.values}
+
+
+def test_the_registry_serves_exactly_the_catalogue_less_the_per_gpu_families(scraped_families):
+    assert CHOSEN_LABELS == {"nanogpt_logged_scalar"}
+    assert sorted(scraped_families) == sorted(m.name for m in catalogue.REGISTERED if m.name not in CHOSEN_LABELS)
     for metric in catalogue.REGISTERED:
-        assert scraped[metric.name][0] == metric.kind, metric.name
+        if metric.name not in CHOSEN_LABELS:
+            assert scraped_families[metric.name][0] == metric.kind, metric.name
 
 
-def test_the_gpu_collector_serves_exactly_the_catalogue_gpu_families():
-    # on an NVML-shaped double: every reading present, so every family shows
-    monitor = TrainingMonitor(run_id="r", rank=0)
+def test_a_logged_value_s_family_is_the_catalogue_s(tmp_path):
+    monitor = TrainingMonitor(run_id="r", rank=0, directory=tmp_path / "run")
+    monitor.log(iteration=0, loss=4.0, scalars={"epoch": 0.0})
+    family = read_back(monitor).families()["nanogpt_logged_scalar"]
+    metric = catalogue.BY_KEY["logged_scalar"]
+    assert (family.type, family.documentation) == (metric.kind, metric.help)
+    assert [set(s.labels) for s in family.samples] == [set(metric.labels)]
+
+
+def test_the_gpu_collector_serves_exactly_the_catalogue_gpu_families(tmp_path):
+    # on an NVML-shaped double: every reading present, so every family shows once a log point read it
+    monitor = TrainingMonitor(run_id="r", rank=0, directory=tmp_path / "run")
     device = FakeGpu()
     monitor.add_device_collector(GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([device]), nvml=FakeNvml([device])))
-    families = {f.name: f for f in monitor.registry.collect() if f.name.startswith("nanogpt_gpu_")}
+    monitor.log(iteration=0, loss=4.0)
+    families = {name: f for name, f in read_back(monitor).families().items() if name.startswith("nanogpt_gpu_")}
     assert sorted(families) == sorted(m.name for m in catalogue.GPU_METRICS)
     for metric in catalogue.GPU_METRICS:
         family = families[metric.name]
         assert (family.type, family.documentation) == (metric.kind, metric.help), metric.name
-        assert {tuple(s.labels) for s in family.samples} == {metric.labels}, metric.name
+        assert {frozenset(s.labels) for s in family.samples} == {frozenset(metric.labels)}, metric.name
         if metric.label:
             assert {s.labels[metric.label] for s in family.samples} == set(metric.values)
 
@@ -54,15 +70,15 @@ def test_every_family_is_either_registered_or_per_gpu():
     assert all(m.name.startswith("nanogpt_gpu_") == (m.source == "gpu") for m in catalogue.METRICS)
 
 
-@pytest.mark.parametrize("metric", [m for m in catalogue.REGISTERED if m.label], ids=lambda m: m.name)
-def test_declared_label_values_exist_from_the_first_scrape(metric):
-    _, samples = scraped_families()[metric.name]
+@pytest.mark.parametrize("metric", [m for m in catalogue.REGISTERED if m.label and m.values], ids=lambda m: m.name)
+def test_declared_label_values_exist_from_the_first_scrape(scraped_families, metric):
+    _, samples = scraped_families[metric.name]
     assert {s.labels[metric.label] for s in samples if metric.label in s.labels} == set(metric.values)
 
 
-def test_info_keys_are_the_declared_ones():
+def test_info_keys_are_the_declared_ones(scraped_families):
     metric = catalogue.BY_KEY["run_info"]
-    _, samples = scraped_families()[metric.name]
+    _, samples = scraped_families[metric.name]
     assert set(samples[0].labels) == {*catalogue.LABELS, *metric.values}
 
 

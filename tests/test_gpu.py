@@ -1,8 +1,9 @@
-"""nanogpt_monitor.gpu: device health read at scrape time, named by the catalogue, absent without a GPU.
+"""nanogpt_monitor.gpu: device health read at each log point, named by the catalogue, absent without a GPU.
 
 The machine running the tests has no GPU: the real torch.cuda proves the "nothing without CUDA"
 half; doubles shaped like torch.cuda and pynvml (tests/support/gpu_double.py) prove the mapping
-from their readings to metrics, value by value.
+from their readings to metrics, value by value, as the monitor process serves them
+(tests/support/recorded.py reads the run directory as it does).
 """
 
 from __future__ import annotations
@@ -14,31 +15,47 @@ import sys
 import pynvml
 import pytest
 import torch
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import TrainingMonitor, catalogue
 from nanogpt_monitor import gpu
 from tests.support.gpu_double import FakeCuda, FakeGpu, FakeNvml
 from tests.support.procs import REPO, require
+from tests.support.recorded import read_back
 
 RUN, RANK = "run-7", 1
 
 
-def monitor_with(gpus=(), nvml=None, devices=("cuda:0",), initialized=True):
-    """A monitor whose GPU collector reads doubles; nvml=False means NVML is unavailable."""
-    monitor = TrainingMonitor(run_id=RUN, rank=RANK)
-    gpus = list(gpus)
-    collector = gpu.GpuCollector(monitor, devices, cuda=FakeCuda(gpus, initialized=initialized),
-                                 nvml=FakeNvml(gpus) if nvml is None else nvml)
-    monitor.add_device_collector(collector)
-    return monitor
+@pytest.fixture
+def new_monitor(tmp_path):
+    """Makes a monitor recording into the test's run directory."""
+    return lambda: TrainingMonitor(run_id=RUN, rank=RANK, directory=tmp_path / "run")
+
+
+@pytest.fixture
+def monitor_with(new_monitor):
+    """Makes a monitor whose GPU collector reads doubles (nvml=False: NVML is unavailable), after one
+    log point, which is when the collector is read."""
+
+    def make(gpus=(), nvml=None, devices=("cuda:0",), initialized=True):
+        monitor = new_monitor()
+        gpus = list(gpus)
+        collector = gpu.GpuCollector(monitor, devices, cuda=FakeCuda(gpus, initialized=initialized),
+                                     nvml=FakeNvml(gpus) if nvml is None else nvml)
+        monitor.add_device_collector(collector)
+        log_point(monitor)
+        return monitor
+
+    return make
+
+
+def log_point(monitor, iteration: int = 1) -> None:
+    monitor.log(iteration=iteration, loss=3.0)
 
 
 def scrape(monitor) -> dict[str, list]:
-    """Family name -> samples, as Prometheus parses the text exposition."""
-    text = generate_latest(monitor.registry).decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+    """Family name -> samples, as Prometheus parses the monitor process's text exposition."""
+    return {f.name: f.samples for f in text_string_to_metric_families(read_back(monitor).exposition())}
 
 
 def gpu_families(monitor) -> dict[str, list]:
@@ -46,11 +63,15 @@ def gpu_families(monitor) -> dict[str, list]:
 
 
 def errors(monitor) -> float:
-    return monitor.registry.get_sample_value("nanogpt_exporter_errors_total", {"run_id": RUN, "rank": str(RANK)})
+    return read_back(monitor).value("nanogpt_exporter_errors_total", run_id=RUN, rank=str(RANK))
 
 
 def value(monitor, metric: str, **labels) -> float:
-    return monitor.registry.get_sample_value(metric, {"run_id": RUN, "rank": str(RANK), **labels})
+    return read_back(monitor).value(metric, run_id=RUN, rank=str(RANK), **labels)
+
+
+def status(monitor) -> dict:
+    return read_back(monitor).view(RANK).status()
 
 
 def device_labels(device: FakeGpu, index: int = 0) -> dict:
@@ -61,21 +82,22 @@ def device_labels(device: FakeGpu, index: int = 0) -> dict:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="proves the no-CUDA case")
-def test_without_cuda_the_collector_yields_nothing_and_counts_no_error():
-    monitor = TrainingMonitor(run_id=RUN, rank=RANK)
+def test_without_cuda_the_collector_yields_nothing_and_counts_no_error(new_monitor):
+    monitor = new_monitor()
     assert gpu.register_gpu_collector(monitor, devices=None) is not None
+    log_point(monitor)
     assert gpu_families(monitor) == {}
     assert errors(monitor) == 0
-    assert monitor.status()["gpus"] == []
+    assert status(monitor)["gpus"] == []
 
 
-def test_a_cpu_device_is_not_read():
+def test_a_cpu_device_is_not_read(monitor_with):
     monitor = monitor_with([FakeGpu()], devices=["cpu"])
     assert gpu_families(monitor) == {}
 
 
-def test_before_cuda_is_initialised_nothing_is_read():
-    # reading then would create a CUDA context from the server thread
+def test_before_cuda_is_initialised_nothing_is_read(monitor_with):
+    # reading then would create a CUDA context in a process that may not mean to use the GPU
     monitor = monitor_with([FakeGpu()], initialized=False)
     assert gpu_families(monitor) == {}
 
@@ -88,7 +110,7 @@ def test_importing_the_module_does_not_import_pynvml():
 # --- the mapping, exactly ------------------------------------------------------------------------
 
 
-def test_each_reading_maps_to_its_metric_in_base_units():
+def test_each_reading_maps_to_its_metric_in_base_units(monitor_with):
     device = FakeGpu()
     monitor = monitor_with([device])
     labels = device_labels(device)
@@ -120,7 +142,7 @@ def test_throttle_reason_bits_are_nvml_s():
         assert getattr(pynvml, f"nvmlClocksEventReason{camel}") == bit, reason
 
 
-def test_each_device_the_trainer_uses_is_labelled_by_index_uuid_and_name():
+def test_each_device_the_trainer_uses_is_labelled_by_index_uuid_and_name(monitor_with):
     a, b = FakeGpu(), FakeGpu(name="NVIDIA A100-SXM4-80GB", uuid="0a0b0c0d-1111-2222-3333-444455556666")
     monitor = monitor_with([a, b], devices=["cuda:1"])
     [sample] = gpu_families(monitor)["nanogpt_gpu_memory_reserved_bytes"]
@@ -129,16 +151,17 @@ def test_each_device_the_trainer_uses_is_labelled_by_index_uuid_and_name():
     assert sample.value == b.reserved
 
 
-def test_the_default_device_is_the_current_one():
+def test_the_default_device_is_the_current_one(new_monitor):
     a, b = FakeGpu(), FakeGpu(uuid="0a0b0c0d-1111-2222-3333-444455556666", reserved=7)
-    monitor = TrainingMonitor(run_id=RUN, rank=RANK)
+    monitor = new_monitor()
     monitor.add_device_collector(gpu.GpuCollector(monitor, None, cuda=FakeCuda([a, b], current=1), nvml=FakeNvml([a, b])))
+    log_point(monitor)
     [sample] = gpu_families(monitor)["nanogpt_gpu_memory_reserved_bytes"]
     assert (sample.labels["gpu"], sample.value) == ("1", 7)
 
 
-def test_the_exposition_passes_promtool_check_metrics():
-    text = generate_latest(monitor_with([FakeGpu()]).registry).decode()
+def test_the_exposition_passes_promtool_check_metrics(monitor_with):
+    text = read_back(monitor_with([FakeGpu()])).exposition()
     gpu_text = "".join(line + "\n" for line in text.splitlines() if "nanogpt_gpu_" in line)
     result = subprocess.run([require("promtool"), "check", "metrics"], input=gpu_text, capture_output=True,
                             text=True, timeout=60)
@@ -148,7 +171,7 @@ def test_the_exposition_passes_promtool_check_metrics():
 # --- partial answers and failures ------------------------------------------------------------------
 
 
-def test_without_nvml_only_torch_figures_and_the_device_total_remain():
+def test_without_nvml_only_torch_figures_and_the_device_total_remain(monitor_with):
     device = FakeGpu()
     monitor = monitor_with([device], nvml=False)
     assert sorted(gpu_families(monitor)) == sorted([
@@ -158,16 +181,17 @@ def test_without_nvml_only_torch_figures_and_the_device_total_remain():
     assert errors(monitor) == 0
 
 
-def test_without_nvidia_ml_py_installed_nvml_is_skipped_quietly(monkeypatch):
+def test_without_nvidia_ml_py_installed_nvml_is_skipped_quietly(new_monitor, monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
-    monitor = TrainingMonitor(run_id=RUN, rank=RANK)
+    monitor = new_monitor()
     monitor.add_device_collector(gpu.GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([FakeGpu()])))
+    log_point(monitor)
     assert "nanogpt_gpu_memory_reserved_bytes" in gpu_families(monitor)
     assert "nanogpt_gpu_utilization_ratio" not in gpu_families(monitor)
     assert errors(monitor) == 0
 
 
-def test_a_reading_the_device_does_not_support_is_left_out_silently():
+def test_a_reading_the_device_does_not_support_is_left_out_silently(monitor_with):
     monitor = monitor_with([FakeGpu(unsupported={"power", "utilization"})])
     families = gpu_families(monitor)
     assert "nanogpt_gpu_power_watts" not in families and "nanogpt_gpu_utilization_ratio" not in families
@@ -175,7 +199,7 @@ def test_a_reading_the_device_does_not_support_is_left_out_silently():
     assert errors(monitor) == 0
 
 
-def test_an_nvml_failure_is_counted_and_the_scrape_still_answers():
+def test_an_nvml_failure_is_counted_and_the_other_readings_still_recorded(monitor_with):
     monitor = monitor_with([FakeGpu(failing={"temperature"})])
     families = gpu_families(monitor)
     assert "nanogpt_gpu_temperature_celsius" not in families
@@ -183,28 +207,44 @@ def test_an_nvml_failure_is_counted_and_the_scrape_still_answers():
     assert errors(monitor) >= 1
 
 
-def test_an_exception_inside_collect_never_breaks_the_scrape():
+def test_an_exception_inside_collect_never_breaks_the_log_point(new_monitor):
     class Broken(FakeCuda):
         def get_device_properties(self, device=None):
             raise RuntimeError("driver went away")
 
-    monitor = TrainingMonitor(run_id=RUN, rank=RANK)
+    monitor = new_monitor()
     monitor.add_device_collector(gpu.GpuCollector(monitor, ["cuda:0"], cuda=Broken([FakeGpu()]), nvml=False))
-    assert "nanogpt_train_loss" in scrape(monitor)
+    log_point(monitor, iteration=4)
+    assert value(monitor, "nanogpt_train_loss") == 3.0
+    assert read_back(monitor).view(RANK).history.last().iteration == 4
     assert errors(monitor) == 1
 
 
 # --- /api/status --------------------------------------------------------------------------------
 
 
-def test_status_lists_each_gpu_with_the_collector_s_values():
+def test_status_lists_each_gpu_with_the_collector_s_values(monitor_with):
     device = FakeGpu()
-    [status] = monitor_with([device]).status()["gpus"]
-    assert status["gpu"] == "0" and status["uuid"] == f"GPU-{device.uuid}" and status["name"] == device.name
-    assert status["memory_reserved_bytes"] == device.reserved
-    assert status["memory_total_bytes"] == device.nvml_total
-    assert status["utilization_ratio"] == pytest.approx(0.87)
-    assert status["throttle_reasons"]["hw_thermal_slowdown"] == 1
+    [listed] = status(monitor_with([device]))["gpus"]
+    assert listed["gpu"] == "0" and listed["uuid"] == f"GPU-{device.uuid}" and listed["name"] == device.name
+    assert listed["memory_reserved_bytes"] == device.reserved
+    assert listed["memory_total_bytes"] == device.nvml_total
+    assert listed["utilization_ratio"] == pytest.approx(0.87)
+    assert listed["throttle_reasons"]["hw_thermal_slowdown"] == 1
+
+
+def test_the_devices_are_read_at_each_log_point_not_when_scraped(new_monitor):
+    device = FakeGpu()
+    monitor = new_monitor()
+    collector = gpu.GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([device]), nvml=FakeNvml([device]))
+    monitor.add_device_collector(collector)
+    assert gpu_families(monitor) == {} and status(monitor)["gpus"] == []  # no log point yet
+    log_point(monitor, 1)
+    device.reserved = 9 * 2**30
+    assert value(monitor, "nanogpt_gpu_memory_reserved_bytes", **device_labels(device)) == 4 * 2**30
+    log_point(monitor, 2)
+    assert value(monitor, "nanogpt_gpu_memory_reserved_bytes", **device_labels(device)) == 9 * 2**30
+    assert status(monitor)["gpus"][0]["memory_reserved_bytes"] == 9 * 2**30  # the page shows the same values
 
 
 # --- the doubles stay honest ---------------------------------------------------------------------

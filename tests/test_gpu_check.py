@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from prometheus_client import generate_latest
 
 from bench import gpu_check
 from bench.sync_probe import SyncLog
@@ -18,6 +17,7 @@ from exporter import TrainingMonitor
 from nanogpt_monitor.gpu import GpuCollector
 from tests.support.gpu_double import FakeCuda, FakeGpu, FakeNvml
 from tests.support.procs import REPO
+from tests.support.recorded import read_back
 from tests.support.trainer import tiny_flags
 
 
@@ -53,14 +53,22 @@ def test_the_loss_claim_needs_every_loss_finite_to_the_last_iteration_and_a_real
     assert not gpu_check.loss_claim("bf16", run_with([4.2, 3.5, 3.0, 2.9, 2.8], exit=1), iters=40).ok
 
 
-def scrape_of(device: FakeGpu | None) -> str:
-    monitor = TrainingMonitor(run_id="check", rank=0)
-    if device is not None:
-        monitor.add_device_collector(GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([device]), nvml=FakeNvml([device])))
-    return generate_latest(monitor.registry).decode()
+@pytest.fixture
+def scrape_of(tmp_path):
+    """Makes the /metrics text of a run whose collector reads `device` (None: no GPU), after a log point."""
+
+    def scrape(device: FakeGpu | None) -> str:
+        monitor = TrainingMonitor(run_id="check", rank=0, directory=tmp_path / "run")
+        if device is not None:
+            monitor.add_device_collector(GpuCollector(monitor, ["cuda:0"], cuda=FakeCuda([device]),
+                                                      nvml=FakeNvml([device])))
+        monitor.log(iteration=1, loss=3.0)
+        return read_back(monitor).exposition()
+
+    return scrape
 
 
-def test_the_gpu_metrics_claim_reads_the_collector_s_exposition():
+def test_the_gpu_metrics_claim_reads_the_collector_s_exposition(scrape_of):
     claim = gpu_check.gpu_metrics_claim([scrape_of(FakeGpu())] * 3)
     assert claim.ok, claim.figure
     assert claim.figure.startswith("3 scrapes; peak util 87%, reserved 4.00 GiB, power 412 W")
@@ -68,7 +76,7 @@ def test_the_gpu_metrics_claim_reads_the_collector_s_exposition():
 
 @pytest.mark.parametrize("device, problem", [(None, "missing"), (FakeGpu(utilization_percent=0), "zero utilization"),
                                              (FakeGpu(unsupported={"power"}), "missing power_watts")])
-def test_the_gpu_metrics_claim_fails_on_absent_or_zero_readings(device, problem):
+def test_the_gpu_metrics_claim_fails_on_absent_or_zero_readings(scrape_of, device, problem):
     claim = gpu_check.gpu_metrics_claim([scrape_of(device)])
     assert not claim.ok and problem in claim.figure
 

@@ -1,5 +1,5 @@
 """nanogpt_monitor.hf: a real Hugging Face Trainer on a tiny GPT-2 (built from a config, no hub)
-for a few CPU steps; the callback's monitor holds what the Trainer's hooks handed over."""
+for a few CPU steps; the monitor process it starts serves what the Trainer's hooks handed over."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")  # the test extra installs it (pyproject)
 
 from nanogpt_monitor.hf import MonitorCallback  # noqa: E402
+from tests.support.recorded import Served  # noqa: E402
 
 VOCAB, SEQ, BATCH, STEPS = 64, 16, 4, 6
 
@@ -50,7 +51,7 @@ def trained(tmp_path_factory):
 
 
 def value(callback, metric, **labels):
-    return callback.run.monitor.registry.get_sample_value(metric, {"run_id": "hf-test", "rank": "0", **labels})
+    return Served(callback.run.url).value(metric, run_id="hf-test", rank="0", **labels)
 
 
 def test_every_step_is_an_iteration_with_its_tokens(trained):
@@ -75,8 +76,8 @@ def test_logged_loss_lr_and_grad_norm_are_the_trainer_s(trained):
 
 
 def test_tokens_per_second_is_logged(trained):
-    point = trained[0].run.monitor.history.since(None)[-1]
-    assert point.tokens_per_second > 0 and point.step_seconds > 0
+    point = Served(trained[0].run.url).points()[-1]
+    assert point["tokens_per_second"] > 0 and point["step_seconds"] > 0
 
 
 def test_the_eval_loss_is_the_val_split(trained):
@@ -85,13 +86,13 @@ def test_the_eval_loss_is_the_val_split(trained):
     assert len(evals) == 2
     assert value(callback, "nanogpt_eval_loss", split="val") == pytest.approx(evals[-1])
     assert math.isnan(value(callback, "nanogpt_eval_loss", split="train"))  # the Trainer evaluates val only
-    assert callback.run.monitor.status()["best_val_loss"] == pytest.approx(min(evals))
+    assert Served(callback.run.url).status()["best_val_loss"] == pytest.approx(min(evals))
 
 
 def test_saves_are_checkpoints(trained):
     callback, _ = trained
     assert value(callback, "nanogpt_last_checkpoint_timestamp_seconds") > 0
-    assert callback.run.monitor.status()["last_checkpoint"]["path"].endswith("checkpoint-6")
+    assert Served(callback.run.url).status()["last_checkpoint"]["path"].endswith("checkpoint-6")
 
 
 def test_the_run_ends_finished(trained):
@@ -100,7 +101,7 @@ def test_the_run_ends_finished(trained):
 
 def test_the_model_is_described_with_tied_embeddings_counted_once(trained):
     callback, trainer = trained
-    model = callback.run.monitor.model()
+    model = Served(callback.run.url).model()
     assert model["parameters"]["total"] == sum(p.numel() for p in trainer.model.parameters())
     assert value(callback, "nanogpt_model_parameters", component="lm_head") == 0
     assert model["model_config"]["n_layer"] == 1

@@ -1,5 +1,5 @@
 """nanogpt_monitor.lightning: a real Lightning Trainer fits a tiny LightningModule that logs nothing
-but `val_loss` and one value of its own; the callback's monitor holds loss, lr, throughput and ETA."""
+but `val_loss` and one value of its own; the monitor it starts serves loss, lr, throughput and ETA."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning.pytorch")  # the test extra installs it (pyproject)
 
 from nanogpt_monitor.lightning import MonitorCallback, batch_tokens  # noqa: E402
+from tests.support.recorded import Served  # noqa: E402
 
 VOCAB, SEQ, BATCH, STEPS, LR = 32, 8, 4, 6, 0.01
 
@@ -57,7 +58,7 @@ def fitted(tmp_path_factory):
 
 
 def value(callback, metric, **labels):
-    return callback.run.monitor.registry.get_sample_value(metric, {"run_id": "lightning-test", "rank": "0", **labels})
+    return Served(callback.run.url).value(metric, run_id="lightning-test", rank="0", **labels)
 
 
 def test_every_optimizer_step_is_an_iteration_with_its_tokens(fitted):
@@ -73,8 +74,8 @@ def test_loss_lr_and_grad_norm_arrive_without_any_self_log(fitted):
     assert 0 < value(callback, "nanogpt_train_loss") < 2 * math.log(VOCAB)
     assert value(callback, "nanogpt_learning_rate") == LR
     assert value(callback, "nanogpt_grad_norm") > 0
-    point = callback.run.monitor.history.since(None)[-1]
-    assert point.tokens_per_second > 0 and point.step_seconds > 0
+    point = Served(callback.run.url).points()[-1]
+    assert point["tokens_per_second"] > 0 and point["step_seconds"] > 0
 
 
 def test_what_the_module_logs_is_exported_too(fitted):

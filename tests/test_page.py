@@ -12,6 +12,7 @@ from exporter import TrainingMonitor
 from exporter.page import CHART_FIELDS, TEMPLATE_PATH, FIRST_OVERVIEW_POINTS, model_summary, model_tree, render
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
+from tests.support.recorded import read_back
 
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
 
@@ -21,10 +22,25 @@ def nanogpt_tree() -> dict:
     return describe(GPT(GPTConfig(**MODEL)))
 
 
-def page_of(**run) -> str:
-    monitor = TrainingMonitor(run_id="page", rank=0)
-    monitor.run_started(max_iterations=10, **run)
-    return render(monitor)[0].decode()
+@pytest.fixture
+def recording(tmp_path):
+    """Makes a monitor recording into the test's run directory."""
+    return lambda run_id="page": TrainingMonitor(run_id=run_id, rank=0, directory=tmp_path / "run")
+
+
+def rendered(monitor) -> str:
+    """The page the monitor process serves for what `monitor` recorded."""
+    return render(read_back(monitor).view(0))[0].decode()
+
+
+@pytest.fixture
+def page_of(recording):
+    def page(**run) -> str:
+        monitor = recording()
+        monitor.run_started(max_iterations=10, **run)
+        return rendered(monitor)
+
+    return page
 
 
 def item(html: str, testid: str) -> str:
@@ -34,13 +50,13 @@ def item(html: str, testid: str) -> str:
     return match.group(1)
 
 
-def test_the_tree_is_in_the_html_itself(nanogpt_tree):
+def test_the_tree_is_in_the_html_itself(page_of, nanogpt_tree):
     html = page_of(model_config=MODEL, model_tree=nanogpt_tree)
     assert 'data-testid="module-root"' in html and 'data-testid="module-transformer-h-1-mlp-c_fc"' in html
     assert "28,576 params" in item(html, "module-root")
 
 
-def test_nanogpt_blocks_show_their_parts_and_attention_its_heads(nanogpt_tree):
+def test_nanogpt_blocks_show_their_parts_and_attention_its_heads(page_of, nanogpt_tree):
     html = page_of(model_tree=nanogpt_tree)
     block = item(html, "module-transformer-h-1")
     assert re.findall(r'<span class="chip">(\w+)</span>', block) == ["norm", "attention", "norm", "mlp"]
@@ -48,14 +64,14 @@ def test_nanogpt_blocks_show_their_parts_and_attention_its_heads(nanogpt_tree):
     assert "2 heads \u00d7 16" in attention and attention.count("<i></i>") == 2
 
 
-def test_the_top_levels_and_the_first_block_are_open_the_other_blocks_closed(nanogpt_tree):
+def test_the_top_levels_and_the_first_block_are_open_the_other_blocks_closed(page_of, nanogpt_tree):
     html = page_of(model_tree=nanogpt_tree)
     assert "<details open>" in item(html, "module-transformer-h")
     assert "<details open>" in item(html, "module-transformer-h-0")
     assert "<details>" in item(html, "module-transformer-h-1")
 
 
-def test_a_tied_weight_says_where_it_is_counted(nanogpt_tree):
+def test_a_tied_weight_says_where_it_is_counted(page_of, nanogpt_tree):
     row = item(page_of(model_tree=nanogpt_tree), "module-lm_head")
     assert "0 params" in row and "weight 65 \u00d7 32 (tied to transformer.wte.weight)" in row
 
@@ -73,12 +89,12 @@ def test_cut_subtrees_say_how_many_modules_are_not_shown():
     assert "41 more modules not shown" in model_tree(tree)
 
 
-def test_a_malformed_tree_costs_the_tree_only_and_is_counted():
-    monitor = TrainingMonitor(run_id="page", rank=0)
+def test_a_malformed_tree_costs_the_tree_only_and_is_counted(recording):
+    monitor = recording()
     monitor.run_started(max_iterations=10, model_tree={"name": "", "children": ["not a module"]})
-    html = render(monitor)[0].decode()
+    html = rendered(monitor)
     assert '<ul class="tree" id="model-tree" data-testid="model-tree" aria-label="modules of the model"></ul>' in html
-    assert monitor.registry.get_sample_value("nanogpt_exporter_errors_total", {"run_id": "page", "rank": "0"}) == 1
+    assert read_back(monitor).value("nanogpt_exporter_errors_total", run_id="page", rank="0") == 1
 
 
 def test_the_summary_names_the_model_and_what_its_config_says():
@@ -87,7 +103,7 @@ def test_the_summary_names_the_model_and_what_its_config_says():
     assert model_summary({}, None) == "The model is described once training starts."
 
 
-def test_a_layer_is_named_with_its_list_and_a_part_by_its_own_name(nanogpt_tree):
+def test_a_layer_is_named_with_its_list_and_a_part_by_its_own_name(page_of, nanogpt_tree):
     html = page_of(model_tree=nanogpt_tree)
     assert '<span class="mname">h.0</span>' in item(html, "module-transformer-h-0")
     assert '<span class="mname">ln_1</span>' in item(html, "module-transformer-h-0-ln_1")
@@ -99,20 +115,20 @@ def first_history(html: str) -> str:
     return match.group(1)
 
 
-def test_the_page_carries_the_overview_of_its_first_chart_as_api_history_gives_it():
-    monitor = TrainingMonitor(run_id="page", rank=0)
+def test_the_page_carries_the_overview_of_its_first_chart_as_api_history_gives_it(recording):
+    monitor = recording()
     for i in range(5_000):
         monitor.log(iteration=i, loss=3.0 - i / 5_000, timestamp=1_700_000_000.0 + i)
-    carried = json.loads(first_history(render(monitor)[0].decode()))
-    served = json.loads(monitor.history.to_json("page", 0, layout="columns", names=CHART_FIELDS,
+    carried = json.loads(first_history(rendered(monitor)))
+    served = json.loads(read_back(monitor).view(0).history.to_json("page", 0, layout="columns", names=CHART_FIELDS,
                                                 points=FIRST_OVERVIEW_POINTS))
     assert carried == served and len(carried["iteration"]) < 5_000 and carried["iteration"][-1] == 4_999
 
 
-def test_no_run_id_can_end_the_data_block_early():
-    monitor = TrainingMonitor(run_id="</script><script>alert(1)</script>", rank=0)
+def test_no_run_id_can_end_the_data_block_early(recording):
+    monitor = recording("</script><script>alert(1)</script>")
     monitor.log(iteration=1, loss=2.0)
-    block = first_history(render(monitor)[0].decode())
+    block = first_history(rendered(monitor))
     assert "<" not in block and json.loads(block)["run_id"] == "</script><script>alert(1)</script>"
 
 
@@ -121,7 +137,7 @@ def test_the_page_script_asks_for_the_fields_the_page_carries():
     assert tuple(declared.split(",")) == CHART_FIELDS  # a zoom merges into what the first chart drew
 
 
-def test_figures_the_run_has_not_reported_are_a_dash_not_a_guess():
+def test_figures_the_run_has_not_reported_are_a_dash_not_a_guess(page_of):
     html = page_of()  # no dataset, device, loss or MFU reported yet
     for fig in ("dataset", "device"):
         assert re.search(rf'<span data-fig="{fig}">\u2013</span>', html), fig

@@ -1,4 +1,4 @@
-"""nanogpt_monitor.run.MonitoredRun: a process's monitor for adapters, over its real server."""
+"""nanogpt_monitor.run.MonitoredRun: a process's monitor for adapters, read over the monitor process it starts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import sys
 import pytest
 
 from exporter import PortInUseError
+from exporter.journal import run_directory
 from nanogpt_monitor.run import MonitoredRun
 from tests.support.procs import METRICS_URL_LINE, REPO, http_get, wait_until
+from tests.support.recorded import Served
 
 LABELS = {"run_id": "run-test", "rank": "0"}
 
@@ -24,7 +26,7 @@ def run():
 
 
 def value(run, metric, **labels):
-    return run.monitor.registry.get_sample_value(metric, {**LABELS, **labels})
+    return Served(run.url).value(metric, **LABELS, **labels)
 
 
 def test_start_serves_prints_the_url_and_reports_the_run(run, capsys):
@@ -39,8 +41,8 @@ def test_step_time_and_tokens_per_second_span_the_steps_since_the_last_log(run):
     for i in range(1, 5):
         run.step(i, tokens=100)
     run.log(4, loss=2.0)
-    point = run.monitor.history.since(None)[-1]
-    assert point.tokens_per_second == pytest.approx(400 / (4 * point.step_seconds))
+    point = Served(run.url).points()[-1]
+    assert point["tokens_per_second"] == pytest.approx(400 / (4 * point["step_seconds"]))
     assert value(run, "nanogpt_tokens_total") == 400
 
 
@@ -48,7 +50,7 @@ def test_the_best_val_loss_is_kept(run):
     run.start(max_iterations=50)
     for i, loss in enumerate((3.0, 2.0, 2.5)):
         run.evaluated(i, loss)
-    assert run.monitor.status()["best_val_loss"] == 2.0
+    assert Served(run.url).status()["best_val_loss"] == 2.0
 
 
 def test_monitoring_errors_are_counted_not_raised(run):
@@ -58,11 +60,12 @@ def test_monitoring_errors_are_counted_not_raised(run):
     assert value(run, "nanogpt_exporter_errors_total") == 2
 
 
-def test_a_port_in_use_is_an_error_before_training(run):
+def test_a_port_in_use_is_an_error_before_training_and_leaves_no_records(run):
     run.start(max_iterations=50)
-    other = MonitoredRun(port=int(run.url.rsplit(":", 1)[1]))
+    other = MonitoredRun(run_id="run-taken", port=int(run.url.rsplit(":", 1)[1]))
     with pytest.raises(PortInUseError):
         other.start(max_iterations=50)
+    assert not run_directory("run-taken").exists()
 
 
 def test_a_process_that_exits_before_the_end_reports_failed_while_it_lingers():
@@ -81,3 +84,23 @@ def test_a_process_that_exits_before_the_end_reports_failed_while_it_lingers():
     finally:
         process.kill()
         process.wait()
+
+
+def test_every_rank_records_and_only_local_rank_0_serves_the_node(monkeypatch, capsys):
+    ranks = []
+    try:
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            ranks.append(MonitoredRun(run_id="run-ranks", port=0))
+            ranks[-1].start(max_iterations=10 * (rank + 1))
+        zero, one = ranks
+        assert one.url is None and zero.url is not None
+        assert capsys.readouterr().out.count("metrics: ") == 1  # one monitor per node, one URL
+        assert one.monitor.directory == zero.monitor.directory
+        served = Served(zero.url)
+        assert served.value("nanogpt_max_iterations", run_id="run-ranks", rank="1") == 20
+    finally:
+        for run in reversed(ranks):
+            run.close(linger_seconds=0)

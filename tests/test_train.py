@@ -175,8 +175,11 @@ def test_the_wiring_describes_the_model_the_loop_hands_over(tmp_path):
     from exporter import TrainingMonitor
     from nanogpt.cli import _MonitorObserver
 
-    monitor = TrainingMonitor(run_id="r1", rank=0)
-    train(tiny_config(tmp_path, max_iters=0, run_id="r1"), _MonitorObserver(monitor, server=None))
-    tree = monitor.model()["tree"]
-    assert (tree["type"], tree["parameters"]) == ("GPT", monitor.model()["parameters"]["total"])
+    from tests.support.recorded import read_back
+
+    monitor = TrainingMonitor(run_id="r1", rank=0, directory=tmp_path / "run")
+    train(tiny_config(tmp_path, max_iters=0, run_id="r1"), _MonitorObserver(monitor))
+    model = read_back(monitor).view(0).model()
+    tree = model["tree"]
+    assert (tree["type"], tree["parameters"]) == ("GPT", model["parameters"]["total"])
     assert "transformer" in [child["name"] for child in tree["children"]]
