@@ -3,7 +3,7 @@
 Each entry gives the name as registered, its type, HELP text, the labels it
 carries besides `run_id` and `rank`, and the values of those labels that exist
 from the first scrape. `exporter.metrics` registers from this list (all but
-the per-GPU families, which `nanogpt_monitor.gpu` yields at scrape time); the
+the per-GPU families, which `nanogpt_monitor.gpu` reads at each log point); the
 README's metrics table (`python -m exporter.catalogue` prints it), the SPEC
 name test and the Grafana generator's state list come from it or are checked
 against it. This module holds data only: it imports no client library, so
@@ -48,7 +48,7 @@ ITERATION_DURATION_BUCKETS = (
 KINDS = ("gauge", "counter", "summary", "histogram", "info")
 
 # Where a family's samples come from. "monitor": registered by exporter.metrics, present from the
-# first scrape. "gpu": read at scrape time, one series per CUDA device the trainer uses, by the
+# first scrape. "gpu": read at each log point, one series per CUDA device the trainer uses, by the
 # torch-side collector nanogpt_monitor.gpu; absent where there is no GPU (or no NVML, for NVML's).
 SOURCES = ("monitor", "gpu")
 
@@ -145,9 +145,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("exporter_errors", "nanogpt_exporter_errors", "counter",
            "Exceptions caught inside the exporter (logged once per site, never raised into training)."),
     Metric("scrape_duration", "nanogpt_exporter_scrape_duration_seconds", "gauge",
-           "Time the exporter took to render /metrics, the last time it did (an answer reuses the render "
-           "until a logged point or a second has passed).", initial=0),
-    # Per GPU, read when scraped (nothing is added to the training step). torch.cuda: this process.
+           "Time the node's monitor process took to render /metrics, the last time it did (shown by the "
+           "next scrape).", initial=0),
+    # Per GPU, read at each log point (nothing is added to the training step). torch.cuda: this process.
     Metric("gpu_memory_allocated", "nanogpt_gpu_memory_allocated_bytes", "gauge",
            "Device memory held by this process's tensors (torch.cuda.memory_allocated).", source="gpu"),
     Metric("gpu_memory_reserved", "nanogpt_gpu_memory_reserved_bytes", "gauge",

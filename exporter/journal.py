@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -33,6 +34,14 @@ def run_directory(run_id: str, node: int = 0) -> Path:
 
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(run_id)) or "run"
     return Path(tempfile.gettempdir()) / f"nanogpt-monitor-{os.getuid()}" / f"{safe}-node{int(node)}"
+
+
+def pid_namespace() -> Optional[str]:
+    """This process's PID namespace ("pid:[4026531836]"): a monitor checks a trainer's pid only in its own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        return None
 
 
 def journal_path(directory: str | os.PathLike, rank: int) -> Path:
@@ -59,7 +68,7 @@ class JournalWriter:
 
     def write(self, event: str, **fields: Any) -> None:
         """One line, in one write: a reader never sees half of it followed by another line."""
-        line = json.dumps({"event": event, **fields}, separators=(",", ":"), allow_nan=False,
+        line = json.dumps(_strict({"event": event, **fields}), separators=(",", ":"), allow_nan=False,
                           default=_plain).encode() + b"\n"
         with self._lock:
             if self._fd is not None:
@@ -76,6 +85,18 @@ class JournalWriter:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _strict(value: Any) -> Any:
+    """Non-finite floats as null (JSON has no NaN; a NaN in a model config or a device reading
+    must not cost the whole event)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
 from .devices import device_status
-from .journal import JournalWriter, run_directory
+from .journal import JournalWriter, pid_namespace, run_directory
 from .metrics import TrainingMetrics, create_metrics
 from .metricslog import MetricsLog
 from .point import Point
@@ -73,7 +73,8 @@ class TrainingMonitor:
         self.files.remove()  # what an earlier process of this rank left: this one counts from zero
         self.metrics: TrainingMetrics = create_metrics(self.files, self.run_id, self.rank)
         self.journal = JournalWriter(self.directory, self.rank)
-        self.journal.write("opened", run_id=self.run_id, rank=self.rank, pid=os.getpid(), time=time.time())
+        self.journal.write("opened", run_id=self.run_id, rank=self.rank, pid=os.getpid(),
+                           pid_namespace=pid_namespace(), time=time.time())
         self.metrics_log = MetricsLog(metrics_log) if metrics_log is not None else None
         self._ema = DebiasedEma()
         self._pending_eval: Optional[tuple[int, float, float]] = None  # (iteration, train, val)
@@ -117,8 +118,8 @@ class TrainingMonitor:
         node = self.node if node is None else int(node)
         info = {"dataset": str(dataset), "device": str(device), "dtype": str(dtype),
                 "world_size": str(int(world_size)), "node": str(node), "version": VERSION}
-        self.journal.write("model", model_config=_json_safe(model_config), parameters=_json_safe(parameters),
-                           tree=_json_safe(model_tree) if isinstance(model_tree, dict) else None)
+        self.journal.write("model", model_config=model_config, parameters=parameters,
+                           tree=model_tree if isinstance(model_tree, dict) else None)
         self.journal.write("info", info={key: info[key] for key in INFO_KEYS})
         try:
             self._restore_history(int(start_iteration))
@@ -220,7 +221,7 @@ class TrainingMonitor:
             self._scalars.add(name)
             values[name] = value
             self.metrics.logged_scalar[name].set(value)
-        self.journal.write("scalars", scalars={k: v if math.isfinite(v) else None for k, v in values.items()})
+        self.journal.write("scalars", scalars=values)
         if refused:
             self.report_error("log", ValueError(
                 f"more than {MAX_LOGGED_SCALARS} logged value names; {', '.join(map(repr, refused))} not exported"))
@@ -287,6 +288,19 @@ class TrainingMonitor:
             self.metrics_log.close()
         self.journal.close()
 
+    def discard(self) -> None:
+        """Close, and remove what this rank recorded (its files, a failed monitor's answer, the
+        directory if nothing else is in it): for a run that will never be served (a port in use)."""
+        from .cli import READY_FILE
+
+        self.close()
+        for path in (*self.files.paths(), self.journal.path, self.directory / READY_FILE):
+            path.unlink(missing_ok=True)
+        try:
+            self.directory.rmdir()
+        except OSError:  # not empty: another rank records here
+            pass
+
     def add_device_collector(self, collector) -> None:
         """Record a per-device collector's figures (families labelled `gpu`, e.g. nanogpt_monitor.gpu's)
         at every log point: its samples as gauges, the same figures per device in /api/status's `gpus`."""
@@ -297,7 +311,7 @@ class TrainingMonitor:
         for family in families:
             for sample in family.samples:
                 self.metrics.device_gauge(sample.name, family.documentation, sample.labels).set(sample.value)
-        self.journal.write("devices", gpus=_json_safe(device_status(families)))
+        self.journal.write("devices", gpus=device_status(families))
 
     # --- errors and state ----------------------------------------------------------------------
 
@@ -315,7 +329,7 @@ class TrainingMonitor:
             pass
 
     def _update_status(self, **values: Any) -> None:
-        self.journal.write("status", fields=_json_safe(values))
+        self.journal.write("status", fields=values)
 
     @property
     def running(self) -> bool:
@@ -329,14 +343,3 @@ class TrainingMonitor:
 
         self.server = MonitorProcess(self.directory, host=host, port=port, **options)
         return self.server
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats as None, at any depth (the journal is strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -30,7 +30,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .catalogue import BY_KEY, INFO_KEYS, LABELS, STATES
-from .journal import rank_of
+from .journal import pid_namespace, rank_of
 from .runview import RunView
 from .shared import SharedFiles
 
@@ -59,6 +59,7 @@ class NodeMonitor:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.views: dict[int, RunView] = {}
+        self.pid_namespace = pid_namespace()
         self.generation = 0  # bumped on every change a page or stream may want
         self._error_counters: dict[tuple[str, int], object] = {}  # (run_id, rank) -> our share of its errors
         self._errors_seen: set[tuple[str, str]] = set()
@@ -85,7 +86,7 @@ class NodeMonitor:
                 self.views[rank] = RunView(self.directory, rank, self.report_error)
         for view in list(self.views.values()):
             changed |= view.poll()
-            if view.pid is not None and not view.ended and not process_alive(view.pid):
+            if self._visible(view) and not view.ended and not process_alive(view.pid):
                 if view.mark_dead(f"the training process (pid {view.pid}) ended without reporting an end"):
                     self._write_state(view, "failed")
                     log.warning("monitor: rank %d's training process (pid %d) is gone; its run is marked failed",
@@ -123,9 +124,16 @@ class NodeMonitor:
         except Exception as e:
             self.report_error("scrape", e)
 
+    def _visible(self, view: RunView) -> bool:
+        """Whether this process can see the trainer's pid: one PID namespace (a Kubernetes pod with
+        shareProcessNamespace, or one machine). In another, a pid means another process."""
+        return view.pid is not None and view.pid_namespace == self.pid_namespace
+
     def trainers_alive(self) -> bool:
-        """Whether any trainer process recording here still runs."""
-        return any(view.pid is not None and process_alive(view.pid) for view in list(self.views.values()))
+        """Whether any trainer process recording here still runs; one whose pid this process cannot
+        see runs until its journal says it ended."""
+        return any(process_alive(view.pid) if self._visible(view) else not view.ended
+                   for view in list(self.views.values()))
 
     @property
     def primary(self) -> Optional[RunView]:

@@ -55,7 +55,7 @@ class RunView:
         self._reset()
 
     def _reset(self) -> None:
-        self.run_id, self.pid = "run", None
+        self.run_id, self.pid, self.pid_namespace = "run", None, None
         self.history = History()
         self.fields: dict[str, Any] = dict(STATUS_DEFAULTS)
         self.model_info: dict[str, Any] = {"model_config": {}, "parameters": {}, "tree": None}
@@ -84,6 +84,7 @@ class RunView:
             self._reset()
         elif kind == "opened":
             self.run_id, self.pid = str(event["run_id"]), int(event["pid"])
+            self.pid_namespace = event.get("pid_namespace")
         elif kind == "model":
             self.model_info = {"model_config": event.get("model_config") or {},
                                "parameters": event.get("parameters") or {}, "tree": event.get("tree")}

@@ -144,7 +144,7 @@ def build_observer(cfg: TrainConfig, rank: int, local_rank: int) -> events.Obser
             monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=cfg.metrics_web_config or None,
                           linger=linger, remove_dir=not cfg.metrics_dir)
         except (ServeError, WebConfigError) as e:
-            monitor.close()
+            monitor.discard()
             raise ConfigError(str(e)) from None
         # printed, not logged: ranks > 0 log only warnings, and tests read the URL
         prefix = f"[rank {rank}] " if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""

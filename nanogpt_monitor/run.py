@@ -93,19 +93,6 @@ def guarded_hook(method):
     return wrapper
 
 
-def _remove_records(monitor: TrainingMonitor) -> None:
-    """What a monitor that will never be served left in its run directory: its files, the failed
-    monitor's answer, and the directory itself if nothing else is in it (another rank's records stay)."""
-    from exporter.cli import READY_FILE
-
-    for path in (*monitor.files.paths(), monitor.journal.path, monitor.directory / READY_FILE):
-        path.unlink(missing_ok=True)
-    try:
-        monitor.directory.rmdir()
-    except OSError:  # not empty: another rank records here
-        pass
-
-
 class MonitoredRun:
     """This process's TrainingMonitor (and, on local rank 0, the node's monitor process), started by
     `start`, and the figures between log points."""
@@ -152,8 +139,7 @@ class MonitoredRun:
                 self.server = monitor.serve(host=self.host, port=self.port, web_config=self.web_config,
                                             linger=self.linger_seconds, remove_dir=True)
             except ServeError:
-                monitor.close()
-                _remove_records(monitor)
+                monitor.discard()
                 raise
             prefix = f"[rank {rank}] " if env_world_size > 1 else ""
             print(f"{prefix}metrics: {self.server.url}/metrics", flush=True)
