@@ -38,9 +38,9 @@ def torchrun(*args: str) -> list[str]:
 def multinode(tmp_path_factory):
     """(prometheus, base ports, node processes) once all four ranks finished and were scraped finished."""
     workdir = tmp_path_factory.mktemp("multinode")
-    first = consecutive_free_ports(NODES * PROCS_PER_NODE)
-    bases = [first + node * PROCS_PER_NODE for node in range(NODES)]
-    groups = [{"targets": [f"127.0.0.1:{base + k}" for k in range(PROCS_PER_NODE)],
+    first = consecutive_free_ports(NODES)
+    bases = [first + node for node in range(NODES)]  # one monitor, one port per node
+    groups = [{"targets": [f"127.0.0.1:{base}"],
                "labels": {"namespace": "ml", "pod": f"nanogpt-{node}-x7k2p", "node": KUBERNETES_HOSTS[node]}}
               for node, base in enumerate(bases)]  # fmt: skip
     prometheus = Prometheus(workdir / "prometheus", [], target_groups=groups)
@@ -67,13 +67,13 @@ def multinode(tmp_path_factory):
         prometheus.stop()
 
 
-def test_prometheus_sees_four_targets_with_distinct_ranks(multinode):
+def test_prometheus_sees_one_target_per_node_with_its_ranks(multinode):
     prometheus, bases, _, _ = multinode
-    assert len(prometheus.targets_up()) == 4
+    assert len(prometheus.targets_up()) == NODES
     series = prometheus.query(f'nanogpt_iteration{{run_id="{RUN_ID}"}}')
     by_rank = {s["metric"]["rank"]: s["metric"]["instance"] for s in series}
-    assert by_rank == {"0": f"127.0.0.1:{bases[0]}", "1": f"127.0.0.1:{bases[0] + 1}",
-                       "2": f"127.0.0.1:{bases[1]}", "3": f"127.0.0.1:{bases[1] + 1}"}
+    assert by_rank == {"0": f"127.0.0.1:{bases[0]}", "1": f"127.0.0.1:{bases[0]}",
+                       "2": f"127.0.0.1:{bases[1]}", "3": f"127.0.0.1:{bases[1]}"}
     assert {float(s["value"][1]) for s in series} == {10.0}
 
 
