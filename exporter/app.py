@@ -3,13 +3,16 @@
 One asyncio loop in a process of its own, at a lower CPU priority than
 training: a slow, stuck or flooding client holds a coroutine, never a thread
 of the training process, and aiohttp's own limits bound what a request may
-send (request line and header sizes, header count, an idle kept-alive
-connection's lifetime). A background task polls the run directory a few times
-a second (exporter.node) and wakes the event streams when anything changed.
+send (`runner()`: request line and header sizes, header count, and the idle
+timeout, which also bounds how long a client may take to send a request head).
+A background task polls the run directory a few times a second (exporter.node)
+and wakes the event streams when anything changed.
 
-Routes are GET (and HEAD) only, each answers JSON errors, and basic auth and
-TLS (exporter.webconfig) cover every route. Bodies that every client asks for
-(the page, status, model) are made once per change and at most once a second.
+Routes are GET and HEAD (the same headers, no body) only; each answers JSON
+errors, and basic auth and TLS (exporter.webconfig) cover every route. A
+request aiohttp cannot parse gets aiohttp's own plain-text 400 and a closed
+connection. Bodies that every client asks for (the page, status, model) are
+made once per change and at most once a second.
 
 Deliberately not here: what the figures are (exporter.node, exporter.runview,
 exporter.status), the page's HTML (exporter.page), starting and stopping the
@@ -19,15 +22,19 @@ process (exporter.launch, exporter.cli).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import itertools
 import json
+import logging
 import math
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from . import page
@@ -41,8 +48,13 @@ SSE_RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects
 MAX_AGE_SECONDS = 1.0  # how old a shared body may be when no event changed it (the live iteration, the clock)
 CSV_CHUNK_LINES = 512
 # how long a kept-alive connection waits for its next request: longer than a 1-minute scrape
-# interval (Prometheus' default; this project's config scrapes every 15 s), so scrapes reuse it
+# interval (Prometheus' default; this project's config scrapes every 15 s), so scrapes reuse it.
+# aiohttp starts the same clock when a connection opens, so it also bounds a request head's trickle.
 IDLE_SECONDS = 65.0
+SHUTDOWN_SECONDS = 1.0  # how long closing waits for answers in flight (a stuck download) before cutting them
+MAX_LINE_BYTES = 8190  # request line and each header line; longer is a 400, as in most servers' defaults
+MAX_HEADERS = 100
+BCRYPT_THREADS = 2  # password checks at once: a flood of wrong ones costs this many cores at most
 ROUTES = ("/", "/metrics", "/healthz", "/api/status", "/api/history", "/api/model", "/api/stream", "/export.csv")
 
 
@@ -61,6 +73,20 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(clean(value), allow_nan=False, separators=(",", ":")).encode()
 
 
+def runner(monitor: "Monitor", idle_seconds: float = IDLE_SECONDS) -> web.AppRunner:
+    """The aiohttp runner for `monitor`'s routes, with the limits a hostile client meets."""
+    logging.getLogger("aiohttp.server").addFilter(_client_errors)
+    return web.AppRunner(monitor.app(), access_log=None, handle_signals=False, handler_cancellation=True,
+                         keepalive_timeout=idle_seconds, shutdown_timeout=SHUTDOWN_SECONDS,
+                         max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES, max_headers=MAX_HEADERS)
+
+
+def _client_errors(record: logging.LogRecord) -> bool:
+    """aiohttp logs each request it cannot parse with a traceback: those are a client's (or a port
+    scanner's) bytes, answered 400, not our bug, and must not flood the training log."""
+    return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
 def _error(status: int, message: str, headers: Optional[dict] = None) -> web.Response:
     return web.Response(status=status, body=json_bytes({"error": message}), content_type="application/json",
                         headers=headers)
@@ -68,6 +94,12 @@ def _error(status: int, message: str, headers: Optional[dict] = None) -> web.Res
 
 class BadRequest(ValueError):
     """A query the client must fix: answered 400 with a JSON error."""
+
+
+def query_param(request: web.Request, name: str) -> Optional[str]:
+    """A query parameter; the last one counts when it is repeated (as urllib's parse_qs users expect)."""
+    values = request.query.getall(name, ())
+    return values[-1] if values else None
 
 
 def cursor_param(value: Optional[str], name: str) -> Optional[int]:
@@ -82,13 +114,14 @@ def cursor_param(value: Optional[str], name: str) -> Optional[int]:
 class Monitor:
     """The routes over one NodeMonitor; `changed` wakes the event streams after each poll that found news."""
 
-    def __init__(self, node: NodeMonitor, web_config: Optional[WebConfig] = None):
-        self.node = node
+    def __init__(self, node: NodeMonitor, web_config: Optional[WebConfig] = None,
+                 keepalive_seconds: float = KEEPALIVE_SECONDS):
+        self.node, self.keepalive_seconds = node, keepalive_seconds
         self.auth = BasicAuth(web_config.users) if web_config is not None and web_config.users else None
         self.changed = asyncio.Condition()
         self.closing = asyncio.Event()
         self._cache: dict[tuple, tuple[int, float, Any]] = {}
-        self._scrape_gauges: dict[tuple, Any] = {}
+        self._bcrypt = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt") if self.auth else None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
@@ -125,9 +158,12 @@ class Monitor:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        """Basic auth, JSON errors for every failure, nosniff on every answer."""
-        if self.auth is not None and not self.auth.allows(request.headers.get("Authorization")):
-            response: web.StreamResponse = _error(
+        """HTTP/1.x only, basic auth, JSON errors for every failure, nosniff on every answer."""
+        if request.version.major != 1:  # aiohttp's parser takes "HTTP/2.0" and a bare HTTP/0.9 line
+            response: web.StreamResponse = _error(505, "HTTP version not supported: use HTTP/1.0 or 1.1")
+            response.force_close()
+        elif self.auth is not None and not await self._authorized(request.headers.get("Authorization")):
+            response = _error(
                 401, "unauthorized", {"WWW-Authenticate": 'Basic realm="nanogpt-monitor", charset="UTF-8"'})
         else:
             try:
@@ -142,7 +178,7 @@ class Monitor:
                 response = _error(404, "not found")
             except web.HTTPException as e:
                 response = _error(e.status, e.reason)
-            except (ConnectionResetError, asyncio.CancelledError):
+            except (ConnectionError, asyncio.CancelledError):  # the client left: not an error of ours to count
                 raise
             except Exception as e:  # a bug here must answer 500, not kill the server
                 self.node.report_error("http " + request.path, e)
@@ -151,8 +187,17 @@ class Monitor:
             response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
+    async def _authorized(self, header: Optional[str]) -> bool:
+        """Credentials that passed before are answered at once; a new one's bcrypt check (~50 ms by
+        design, more with more rounds) runs on a worker thread (bcrypt lets go of the GIL), so a flood
+        of wrong passwords queues there instead of stalling every other answer, /metrics included."""
+        assert self.auth is not None
+        if self.auth.remembered(header):
+            return True
+        return await asyncio.get_running_loop().run_in_executor(self._bcrypt, self.auth.allows, header)
+
     def _view(self, request: web.Request) -> RunView:
-        rank = cursor_param(request.query.get("rank"), "rank")
+        rank = cursor_param(query_param(request, "rank"), "rank")
         view = self.node.view(rank)
         if view is None:
             if rank is not None:
@@ -187,8 +232,12 @@ class Monitor:
 
     async def status(self, request: web.Request) -> web.Response:
         view = self._view(request)
-        body = self._cached(("status", view.rank), lambda: json_bytes(view.status()))
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=self._status_body(view), content_type="application/json")
+
+    def _status_body(self, view: RunView) -> bytes:
+        """/api/status's body, shared with every stream's status event: made once per change (it
+        costs milliseconds over a long history), not once per client."""
+        return self._cached(("status", view.rank), lambda: json_bytes(view.status()))
 
     async def model(self, request: web.Request) -> web.Response:
         view = self._view(request)
@@ -198,11 +247,11 @@ class Monitor:
     async def history(self, request: web.Request) -> web.Response:
         """?since=ITER / ?until=ITER for a range; ?format=columns (with ?fields=a,b) for an array per
         field; ?points=N for an overview of about N points."""
-        view, query = self._view(request), request.query
-        since, until = cursor_param(query.get("since"), "since"), cursor_param(query.get("until"), "until")
-        points, fields = cursor_param(query.get("points"), "points"), query.get("fields")
+        view, query = self._view(request), functools.partial(query_param, request)
+        since, until = cursor_param(query("since"), "since"), cursor_param(query("until"), "until")
+        points, fields = cursor_param(query("points"), "points"), query("fields")
         try:
-            body = view.history.to_json(view.run_id, view.rank, since, layout=query.get("format", "points"),
+            body = view.history.to_json(view.run_id, view.rank, since, layout=query("format") or "points",
                                         names=None if fields is None else fields.split(","), until=until,
                                         points=points)
         except ValueError as e:  # a bad format or field name: the client's to fix
@@ -220,27 +269,42 @@ class Monitor:
         response = web.StreamResponse(headers={
             "Content-Type": "text/csv; charset=utf-8", "X-Content-Type-Options": "nosniff",
             "Content-Disposition": f'attachment; filename="nanogpt-{safe_id}.csv"'})
+        if request.method == "HEAD":  # aiohttp drops the body of a HEAD only for a whole Response
+            return response
         await response.prepare(request)
         lines = iter(view.csv_lines())
-        while chunk := list(itertools.islice(lines, CSV_CHUNK_LINES)):
-            await response.write("".join(chunk).encode())  # waits for a slow reader; others go on meanwhile
-        await response.write_eof()
+        try:
+            while chunk := list(itertools.islice(lines, CSV_CHUNK_LINES)):
+                await response.write("".join(chunk).encode())  # waits for a slow reader; others go on
+            await response.write_eof()
+        except ConnectionError:  # the client left mid-download: nothing to answer, nothing to log
+            pass
         return response
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: a `point` event per logged point and a `status` event per change,
         resuming after Last-Event-ID or ?since= with no gap and no repeat."""
         view = self._view(request)
-        cursor = cursor_param(request.headers.get("Last-Event-ID"), "Last-Event-ID")
-        if cursor is None:
-            cursor = cursor_param(request.query.get("since"), "since")
+        cursor = cursor_param(request.headers.get("Last-Event-ID"), "Last-Event-ID")  # a reconnect's: newer
+        since = cursor_param(query_param(request, "since"), "since")  # checked even when the header wins
+        cursor = since if cursor is None else cursor
         if cursor is None:
             last = view.history.last()
             cursor = last.iteration if last is not None else -1
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"})  # no proxy buffering
+        if request.method == "HEAD":
+            return response
         await response.prepare(request)
+        try:
+            await self._events(response, view, cursor)
+        except ConnectionError:  # the client left: its handler ends here, quietly
+            pass
+        return response
+
+    async def _events(self, response: web.StreamResponse, view: RunView, cursor: int) -> None:
+        """Write a stream's events until the server closes."""
         await response.write(f"retry: {SSE_RETRY_MILLISECONDS}\n\n".encode())
         sent_status, generation = None, None
         while not self.closing.is_set():
@@ -252,12 +316,20 @@ class Monitor:
                 cursor = points[-1].iteration if points else cursor
                 if (view.run_id, view.status_version) != sent_status:
                     sent_status = (view.run_id, view.status_version)
-                    data += b"event: status\ndata: " + json_bytes(view.status()) + b"\n\n"
+                    data += b"event: status\ndata: " + self._status_body(view) + b"\n\n"
                 if data:
                     await response.write(data)
-            async with self.changed:
-                try:
-                    await asyncio.wait_for(self.changed.wait(), KEEPALIVE_SECONDS)
-                except asyncio.TimeoutError:
-                    await response.write(b": keepalive\n\n")
-        return response
+            if not await self._news(generation):
+                await response.write(b": keepalive\n\n")  # not under the lock: a slow reader holds up no one
+
+    async def _news(self, generation: int) -> bool:
+        """Wait until a poll found news or the server closes (True), or keepalive_seconds pass (False).
+        True at once when either came while the caller was writing: its notify_all is gone by now."""
+        async with self.changed:
+            if self.closing.is_set() or generation != self.node.generation:
+                return True
+            try:
+                await asyncio.wait_for(self.changed.wait(), self.keepalive_seconds)
+                return True
+            except asyncio.TimeoutError:
+                return False

@@ -9,7 +9,8 @@ every trainer process recording here (and its --owner) is gone, or after
 
 Once listening it writes DIR/monitor.json ({"pid", "url", "host", "port"}),
 which is how the trainer that started it knows it is up; a failure to start
-is one line on stderr (and {"error": ...} there), exit code 2.
+is {"error": ...} there and one line on stderr (left to the --owner to print
+when there is one), exit code 2.
 """
 
 from __future__ import annotations
@@ -50,7 +51,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="seconds to wait for a first trainer before giving up (default 600)")
     serve.add_argument("--owner", type=int, help="pid of the process that started this monitor: serve while it lives")
     serve.add_argument("--remove-dir", action="store_true", help="delete DIR on exit (the trainer made it)")
+    serve.add_argument("--idle-timeout", type=_positive, default=None, metavar="SECONDS",
+                       help="close a connection that sent no complete request for this long: a kept-alive "
+                            "one between requests, a new one (a trickled head) from its start (default 65)")
+    serve.add_argument("--stream-keepalive", type=_positive, default=None, metavar="SECONDS",
+                       help="send an idle event stream a comment this often, so proxies keep it (default 15)")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:  # 0 would turn aiohttp's idle timer off: no bound at all
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,16 +74,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         web_config = load_web_config(args.web_config) if args.web_config else None
     except WebConfigError as e:
-        return _fail(args.dir, str(e))
+        return _fail(args, str(e))
     return asyncio.run(_serve(args, web_config))
 
 
-def _fail(directory: Path, message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """One line on stderr, and in the ready file for the trainer that started us, which reports it
+    itself: then the line is not printed twice."""
     try:
-        _write_ready(directory, {"error": message})
+        _write_ready(args.dir, {"error": message})
+        reported = args.owner is not None
     except OSError:
-        pass
+        reported = False
+    if not reported:
+        print(f"error: {message}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
 
 
@@ -84,7 +101,7 @@ def _write_ready(directory: Path, content: dict) -> None:
 async def _serve(args: argparse.Namespace, web_config) -> int:
     from aiohttp import web
 
-    from .app import IDLE_SECONDS, Monitor
+    from . import app
     from .node import NodeMonitor, process_alive
 
     try:
@@ -92,9 +109,9 @@ async def _serve(args: argparse.Namespace, web_config) -> int:
     except OSError:  # not allowed here: serve at the same priority
         pass
     node = NodeMonitor(args.dir)
-    monitor = Monitor(node, web_config)
-    runner = web.AppRunner(monitor.app(), access_log=None, handle_signals=False, handler_cancellation=True,
-                           keepalive_timeout=IDLE_SECONDS, max_line_size=8190, max_field_size=8190, max_headers=100)
+    monitor = app.Monitor(node, web_config, app.KEEPALIVE_SECONDS if args.stream_keepalive is None
+                          else args.stream_keepalive)
+    runner = app.runner(monitor, app.IDLE_SECONDS if args.idle_timeout is None else args.idle_timeout)
     await runner.setup()
     ssl_context = web_config.ssl_context if web_config is not None else None
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_context, backlog=128)
@@ -103,7 +120,7 @@ async def _serve(args: argparse.Namespace, web_config) -> int:
     except OSError as e:
         await runner.cleanup()
         reason = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        return _fail(args.dir, f"cannot serve metrics on {args.host}:{args.port}: {reason}")
+        return _fail(args, f"cannot serve metrics on {args.host}:{args.port}: {reason}")
     port = runner.addresses[0][1]
     scheme = "https" if ssl_context is not None else "http"
     url = f"{scheme}://{f'[{args.host}]' if ':' in args.host else args.host}:{port}"

@@ -69,7 +69,9 @@ class NodeMonitor:
         self.files.remove()
         self.placeholder = RunView(self.directory / "none", 0, self.report_error)  # before any rank appears
         self._scrape_gauges: dict[tuple[str, int], object] = {}
-        self.registry = CollectorRegistry(auto_describe=False)
+        # collectors here describe no names up front (MultiProcessCollector cannot): without this,
+        # /metrics?name[]=... (restricted_registry) would find none of them and answer nothing
+        self.registry = CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
         MultiProcessCollector(self.registry, path=str(self.directory))
         self.registry.register(_RunInfoCollector(self))
         self.registry.register(_TrainerProcesses(self))

@@ -115,14 +115,21 @@ class BasicAuth:
         self._passed: set[bytes] = set()
         self._lock = threading.Lock()
 
+    def remembered(self, header: Optional[str]) -> bool:
+        """True when `header` passed before: no bcrypt check needed (a server answers it at once)."""
+        if not header:
+            return False
+        digest = hashlib.sha256(header.encode()).digest()
+        with self._lock:
+            return digest in self._passed
+
     def allows(self, header: Optional[str]) -> bool:
         """True when `header` (the Authorization value) names a user with the right password."""
         if not header or not header.startswith("Basic "):
             return False
+        if self.remembered(header):
+            return True
         digest = hashlib.sha256(header.encode()).digest()
-        with self._lock:
-            if digest in self._passed:
-                return True
         try:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):

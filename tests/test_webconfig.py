@@ -1,18 +1,22 @@
-"""exporter.webconfig: basic auth and TLS from an exporter-toolkit web config, over real HTTP(S)."""
+"""exporter.webconfig: basic auth and TLS from an exporter-toolkit web config, over real HTTP(S) to the
+monitor process that TrainingMonitor.serve(web_config=PATH) starts."""
 
 import base64
+import json
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
 import bcrypt
 import pytest
 
-from exporter import TrainingMonitor, WebConfigError, load_web_config
+from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
 from tests.support.procs import REPO, require
+from tests.support.raw_http import ROUTES
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()  # cheap rounds: tests stay fast
 
@@ -34,27 +38,40 @@ def certificate(tmp_path_factory):
     return directory
 
 
-def get(url, user=None, password=None, context=None):
+def get(url, user=None, password=None, context=None, timeout=5):
+    """(status, headers, body) of one GET; HTTP errors are answers too."""
     request = urllib.request.Request(url)
     if user is not None:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as r:
-            return r.status, r.headers
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as r:
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.headers
+        return e.code, e.headers, e.read()
+
+
+def served(tmp_path, web_config):
+    """A monitor recording into tmp_path/run, served with the web config file `web_config`."""
+    monitor = TrainingMonitor(run_id="r1", rank=0, directory=tmp_path / "run")
+    try:
+        monitor.serve(port=0, web_config=web_config)
+    except BaseException:
+        monitor.close()
+        raise
+    return monitor
 
 
 @pytest.fixture
 def auth_server(tmp_path):
-    server = TrainingMonitor().serve(web_config=load_web_config(write(tmp_path, f"basic_auth_users:\n  alice: '{HASH}'\n")))
-    yield server
-    server.close()
+    monitor = served(tmp_path, write(tmp_path, f"basic_auth_users:\n  alice: '{HASH}'\n"))
+    yield monitor.server
+    monitor.close()
 
 
 def test_without_credentials_the_answer_is_401_with_a_basic_challenge(auth_server):
-    status, headers = get(auth_server.url + "/metrics")
+    status, headers, body = get(auth_server.url + "/metrics")
     assert status == 401 and headers["WWW-Authenticate"].startswith("Basic ")
+    assert json.loads(body) == {"error": "unauthorized"} and headers["X-Content-Type-Options"] == "nosniff"
 
 
 @pytest.mark.parametrize("user, password", [("alice", "wrong"), ("bob", "s3cret"), ("alice", "")])
@@ -66,14 +83,43 @@ def test_the_right_credentials_are_served_every_time(auth_server):
     assert [get(auth_server.url + "/metrics", "alice", "s3cret")[0] for _ in range(3)] == [200, 200, 200]
 
 
-def test_every_route_is_protected(auth_server):
-    assert get(auth_server.url + "/api/status")[0] == 401
-    assert get(auth_server.url + "/healthz")[0] == 401
+@pytest.mark.parametrize("path", ROUTES + ["/nope"])
+def test_every_route_is_protected(auth_server, path):
+    assert get(auth_server.url + path)[0] == 401  # an unknown path too: nothing is told without a password
+
+
+def test_a_malformed_authorization_header_is_refused(auth_server):
+    request = urllib.request.Request(auth_server.url + "/metrics", headers={"Authorization": "Basic %%%not-base64"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    assert info.value.code == 401
+
+
+def test_a_flood_of_wrong_passwords_does_not_stop_metrics_answering_the_right_one(tmp_path):
+    slow = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=12)).decode()  # ~0.25 s a check, as meant
+    monitor = served(tmp_path, write(tmp_path, f"basic_auth_users:\n  alice: '{slow}'\n"))
+    url, stop = monitor.server.url + "/metrics", threading.Event()
+    try:
+        assert get(url, "alice", "s3cret", timeout=30)[0] == 200  # checked once, then remembered
+
+        def flood():
+            while not stop.is_set():
+                get(url, "alice", "wrong", timeout=60)
+
+        clients = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
+        for client in clients:
+            client.start()
+        for _ in range(5):
+            assert get(url, "alice", "s3cret", timeout=2)[0] == 200  # within 2 s: not queued behind the checks
+    finally:
+        stop.set()
+        monitor.close()
 
 
 def test_tls_serves_https_with_the_configured_certificate(tmp_path, certificate):
     path = write(certificate, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
-    server = TrainingMonitor().serve(web_config=load_web_config(path))
+    monitor = served(tmp_path, path)
+    server = monitor.server
     try:
         assert server.url.startswith("https://")
         context = ssl.create_default_context(cafile=str(certificate / "server.crt"))
@@ -84,7 +130,14 @@ def test_tls_serves_https_with_the_configured_certificate(tmp_path, certificate)
         with socket.create_connection(("127.0.0.1", server.port)):  # a client that never starts TLS
             assert get(server.url + "/metrics", context=context)[0] == 200  # does not block the others
     finally:
-        server.close()
+        monitor.close()
+
+
+def test_serve_with_an_unusable_web_config_raises_one_line_and_serves_nothing(tmp_path):
+    path = write(tmp_path, "basic_auth_users:\n  alice: plaintext\n")
+    with pytest.raises(ServeError) as info:
+        served(tmp_path, path)
+    assert str(info.value) == f"{path}: the password of user 'alice' must be a bcrypt hash ($2y$...)"
 
 
 @pytest.mark.parametrize("text, message", [
