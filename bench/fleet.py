@@ -1,13 +1,16 @@
 """Benchmark (not a test): the monitoring stack at 64, 256 and 1,024 ranks, and a day of 1,024 ranks.
 
 Live phase, per size: simulated runs of 8..64 ranks (tests/support/fleet.py: the real exporter, one
-TrainingMonitor and HTTP server per rank, synthetic losses, no torch; one process per run) are
-discovered through file_sd groups with Kubernetes-style target labels and scraped by a real
-Prometheus running the project's rules scaled down (every window and `for:` divided by --scale,
-so a 10m plateau window lasts 10m/scale), alerting through a real Alertmanager with the project's
-routing to a webhook. One run plateaus, one goes NaN, one stalls, the rest learn. Reported: series
-per rank and in total, scrape duration p99, rule-group evaluation time, p95 latency of every
-dashboard query over the last hour, notifications per faulty run per alert, exporter CPU and memory.
+recording TrainingMonitor per rank, synthetic losses, no torch; one process per run), in nodes of
+8 ranks, each node's monitor process (`exporter serve`, a child of the run's process) serving its
+ranks on one port: one target per node, a pod, discovered through file_sd groups with
+Kubernetes-style target labels and scraped by a real Prometheus running the project's rules scaled
+down (every window and `for:` divided by --scale, so a 10m plateau window lasts 10m/scale),
+alerting through a real Alertmanager with the project's routing to a webhook. One run plateaus,
+one goes NaN, one stalls, the rest learn. Reported: series per rank and in total, scrape duration
+p99 (one scrape reads a node's 8 ranks), rule-group evaluation time, p95 latency of every
+dashboard query over the last hour, notifications per faulty run per alert, and the exporter's CPU
+and memory: the run processes' (recording) plus the monitor processes', per rank.
 
 Day phase: 24 h x 1,024 ranks backfilled with promtool (bench/fleet_backfill.py), a Prometheus on
 those blocks evaluating the real, unscaled rules, and every dashboard query timed over 24 h and 1 h.
@@ -46,7 +49,6 @@ from tests.support.procs import PROMETHEUS_RULES, REPO, Alertmanager, Prometheus
 from tests.support.rules import write_scaled_rules  # noqa: E402
 
 FAULTS = {"plateau": "NanoGPTLossPlateau", "nan": "NanoGPTLossNotFinite", "stall": "NanoGPTTrainingStalled"}
-RANKS_PER_POD = 8
 
 
 def api(prometheus: Prometheus, path: str, **params):
@@ -74,6 +76,26 @@ def proc_usage(pid: int) -> tuple[float, float]:
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmRSS:"))  # fmt: skip
     return ticks / 100, rss / 1024
+
+
+def monitor_pids(parent: int) -> list[int]:
+    """The monitor processes a run process started: its children running `exporter serve`."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == parent and b"exporter" in command and b"serve" in command:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+def usage_of(pids: list[int]) -> tuple[float, float]:
+    """(CPU seconds, resident MiB) summed over processes."""
+    usages = [proc_usage(pid) for pid in pids]
+    return sum(u[0] for u in usages), sum(u[1] for u in usages)
 
 
 def self_metrics(prometheus: Prometheus) -> dict[str, list]:
@@ -167,12 +189,14 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
                  "--behaviour", behaviour, "--window-seconds", str(window)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO))  # fmt: skip
         groups = []
-        for worker in workers:
+        for worker in workers:  # one port per node of the run: its monitor, one pod's target
             hello = json.loads(worker.stdout.readline())
-            for pod in range(0, len(hello["ports"]), RANKS_PER_POD):
-                groups.append({"targets": [f"127.0.0.1:{p}" for p in hello["ports"][pod:pod + RANKS_PER_POD]],
-                               "labels": {"namespace": "ml", "pod": f"{hello['run_id']}-{pod // RANKS_PER_POD}",
+            for pod, port in enumerate(hello["ports"]):
+                groups.append({"targets": [f"127.0.0.1:{port}"],
+                               "labels": {"namespace": "ml", "pod": f"{hello['run_id']}-{pod}",
                                           "node": f"gpu-node-{len(groups):04d}"}})  # fmt: skip
+        monitors = [pid for worker in workers for pid in monitor_pids(worker.pid)]
+        assert len(monitors) == len(groups), f"{len(monitors)} monitor processes for {len(groups)} nodes"
         t_start = time.time()
         # the project's routing; group_wait and group_interval shrunk as the rule timings are
         alertmanager = Alertmanager(workdir / "alertmanager", alertmanager_config(webhook.url, "10s", "30s"))
@@ -181,9 +205,11 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
                                 evaluation_interval=f"{scrape}s", rule_files=write_scaled_rules(workdir / "rules", scale),
                                 alertmanager=alertmanager.address)  # fmt: skip
         started.append(prometheus)
-        wait_until(lambda: len(query(prometheus, 'up{job="nanogpt"} == 1')) == ranks, timeout=300, interval=2,
-                   what=f"{ranks} targets up")
-        usage0 = [proc_usage(w.pid) for w in workers]
+        wait_until(lambda: len(query(prometheus, 'up{job="nanogpt"} == 1')) == len(groups), timeout=300, interval=2,
+                   what=f"{len(groups)} targets up")
+        wait_until(lambda: len(query(prometheus, 'nanogpt_iteration{job="nanogpt"}')) == ranks, timeout=60, interval=2,
+                   what=f"{ranks} ranks scraped")
+        recording0, monitor0 = usage_of([w.pid for w in workers]), usage_of(monitors)
         load0 = os.getloadavg()[0]  # the machine is shared: say how busy it was
         prometheus_cpu0 = self_metrics(prometheus)["process_cpu_seconds_total"][0][1]
         t0 = time.time()
@@ -204,10 +230,11 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
             first_notifications()
             time.sleep(2)
         t1 = time.time()
-        usage1 = [proc_usage(w.pid) for w in workers]
+        recording1, monitor1 = usage_of([w.pid for w in workers]), usage_of(monitors)
         own = self_metrics(prometheus)
         series_total = own["prometheus_tsdb_head_series"][0][1]
-        scraped = float(query(prometheus, 'avg(scrape_samples_scraped{job="nanogpt"})')[0]["value"][1])
+        scraped = float(query(prometheus, 'sum(scrape_samples_scraped{job="nanogpt"})')[0]["value"][1]) / ranks
+        per_target = 5 * len(groups) / ranks  # up, scrape_duration_seconds, ...: Prometheus' own, per target
         recorded = float(query(prometheus, 'count({__name__=~"nanogpt:.+"})')[0]["value"][1]) / ranks
         durations = [float(v) for s in query(prometheus, f'scrape_duration_seconds{{job="nanogpt"}}[{int(t1 - t0)}s]')
                      for _, v in s["values"]]  # fmt: skip
@@ -217,17 +244,21 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
             for a in body["alerts"]:
                 alerts_in[(a["labels"]["alertname"], a["labels"]["run_id"])].add(a["labels"]["rank"])
         queries = time_queries(prometheus, f"fleet{ranks}-00-plateau", 3600, scrape, max(scrape, 4), repeats)
-        cpu = sum(b[0] - a[0] for a, b in zip(usage0, usage1))
+        recording_cpu, monitor_cpu = recording1[0] - recording0[0], monitor1[0] - monitor0[0]
+        cpu, rss = recording_cpu + monitor_cpu, recording1[1] + monitor1[1]
         return {
             "ranks": ranks, "runs": runs, "ranks_per_run": ranks_per_run, "scrape_s": scrape, "scale": scale,
             "observed_s": t1 - t0, "startup_s": t0 - t_start, "load_avg_1m": [load0, os.getloadavg()[0]],
-            "series_per_rank": scraped + 5 + recorded, "scraped_per_rank": scraped, "recorded_per_rank": recorded,
+            "targets": len(groups), "series_per_rank": scraped + per_target + recorded, "scraped_per_rank": scraped,
+            "per_target_per_rank": per_target, "recorded_per_rank": recorded,
             "series_total": series_total, "scrape_p99_ms": 1000 * percentile(durations, 99),
             "scrape_p50_ms": 1000 * percentile(durations, 50), "rule_eval_max_s": dict(rule_max),
             "notifications": {f"{a} {r}": n for (a, r), n in notified.items()},
             "ranks_per_notification_group": {f"{a} {r}": len(v) for (a, r), v in alerts_in.items()},
             "exporter_cpu_cores": cpu / (t1 - t0), "exporter_cpu_ms_per_rank_s": 1000 * cpu / (t1 - t0) / ranks,
-            "exporter_rss_mib": sum(u[1] for u in usage1), "exporter_rss_mib_per_rank": sum(u[1] for u in usage1) / ranks,
+            "exporter_rss_mib": rss, "exporter_rss_mib_per_rank": rss / ranks,
+            "recording_cpu_cores": recording_cpu / (t1 - t0), "recording_rss_mib": recording1[1],
+            "monitors": len(monitors), "monitor_cpu_cores": monitor_cpu / (t1 - t0), "monitor_rss_mib": monitor1[1],
             "prometheus_rss_mib": own["process_resident_memory_bytes"][0][1] / 2**20,
             "prometheus_cpu_cores": (own["process_cpu_seconds_total"][0][1] - prometheus_cpu0) / (t1 - t0),
             "rule_eval_p50_s": {k: statistics.median(v) for k, v in per_rule.items()},

@@ -21,8 +21,8 @@ def print_report(results: dict, args) -> None:
         print(_row("figure", [f"{r['ranks']} ranks ({r['runs']} x {r['ranks_per_run']})" for r in live]))
         print(_row("---", ["---"] * len(live)))
         rows = [
-            ("series per rank (scraped + 5 + recorded)", lambda r: f"{r['series_per_rank']:.0f} "
-             f"({r['scraped_per_rank']:.0f} + 5 + {r['recorded_per_rank']:.1f})"),
+            ("series per rank (scraped + Prometheus' 5 per target + recorded)", lambda r: f"{r['series_per_rank']:.0f} "
+             f"({r['scraped_per_rank']:.0f} + {r['per_target_per_rank']:.2f} + {r['recorded_per_rank']:.1f})"),
             ("series in Prometheus' head", lambda r: f"{r['series_total']:,.0f}"),
             ("scrape duration p50 / p99", lambda r: f"{r['scrape_p50_ms']:.1f} / {r['scrape_p99_ms']:.1f} ms"),
             ("rule eval, max per group", lambda r: ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in sorted(r["rule_eval_max_s"].items()))),
@@ -32,8 +32,10 @@ def print_report(results: dict, args) -> None:
             ("Prometheus CPU", lambda r: f"{r.get('prometheus_cpu_cores', float('nan')):.2f} cores"),
             ("dashboard query p95, last hour (worst)", lambda r: _worst(r["queries_1h_p95_s"])),
             ("notifications per faulty run per alert", lambda r: _notifications(r)),
-            ("exporter CPU (all ranks)", lambda r: f"{r['exporter_cpu_cores']:.2f} cores, {r['exporter_cpu_ms_per_rank_s']:.2f} ms/s per rank"),
-            ("exporter RSS", lambda r: f"{r['exporter_rss_mib']:.0f} MiB ({r['exporter_rss_mib_per_rank']:.1f} MiB per rank)"),
+            ("exporter CPU (all ranks: recording + monitors)", lambda r: f"{r['exporter_cpu_cores']:.2f} cores "
+             f"({r['recording_cpu_cores']:.2f} + {r['monitor_cpu_cores']:.2f}), {r['exporter_cpu_ms_per_rank_s']:.2f} ms/s per rank"),
+            ("exporter RSS (run processes + monitors)", lambda r: f"{r['exporter_rss_mib']:.0f} MiB ({r['recording_rss_mib']:.0f} + "
+             f"{r['monitor_rss_mib']:.0f} in {r['monitors']}), {r['exporter_rss_mib_per_rank']:.1f} MiB per rank"),
             ("Prometheus RSS", lambda r: f"{r['prometheus_rss_mib']:.0f} MiB"),
         ]
         for name, cell in rows:

@@ -1,11 +1,12 @@
 """The alert rules and every dashboard query with Kubernetes-style target labels, end to end.
 
 On a cluster the PodMonitor (deploy/k8s) adds namespace, pod and node to every series, and a
-run's ranks live in several pods on several nodes. Here simulated runs of 4 ranks (the real
-exporter, synthetic numbers: tests/support/fleet.py) are discovered through file_sd groups
-carrying those labels, scraped by a real Prometheus with the project's rules scaled down 60x,
-and alert through a real Alertmanager with the project's routing to a webhook. Each faulty run
-must send one notification per alert, holding the alerts of all its ranks.
+run's ranks live in several pods on several nodes, each pod's monitor serving its ranks on one
+port. Here simulated runs of 4 ranks in 2 "pods" of 2 (the real exporter and monitor processes,
+synthetic numbers: tests/support/fleet.py) are discovered through file_sd groups carrying those
+labels, one target per pod, scraped by a real Prometheus with the project's rules scaled down
+60x, and alert through a real Alertmanager with the project's routing to a webhook. Each faulty
+run must send one notification per alert, holding the alerts of all its ranks.
 """
 
 from __future__ import annotations
@@ -32,15 +33,11 @@ GROUP_WAIT_SECONDS = 5  # several rule evaluations (1 s): ranks whose alerts fir
 
 
 def kubernetes_groups(run: SimulatedRun) -> list[dict]:
-    """One file_sd group per pod, with the labels the PodMonitor gives a pod's target. On the cluster
-    that is one target, the pod's monitor serving its ranks on one port; a simulated rank serves on
-    a port of its own, so here a pod's group lists its ranks' ports."""
-    groups = []
-    for pod in range(RANKS // RANKS_PER_POD):
-        ports = run.ports[pod * RANKS_PER_POD:(pod + 1) * RANKS_PER_POD]
-        groups.append({"targets": [f"127.0.0.1:{p}" for p in ports],
-                       "labels": {"namespace": "ml", "pod": f"{run.run_id}-{pod}-q8x2z", "node": f"gpu-node-{pod}"}})
-    return groups
+    """One file_sd group per pod, with the labels the PodMonitor gives a pod's target: one target,
+    the pod's monitor serving its ranks on one port."""
+    return [{"targets": [f"127.0.0.1:{port}"],
+             "labels": {"namespace": "ml", "pod": f"{run.run_id}-{pod}-q8x2z", "node": f"gpu-node-{pod}"}}
+            for pod, port in enumerate(run.ports)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,8 @@ def cluster(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("kubernetes-labels")
     webhook, started, runs = Webhook(), [], []
     try:
-        runs += [SimulatedRun(run_id, RANKS, behaviour, WINDOW_SECONDS) for run_id, behaviour in BEHAVIOURS.items()]
+        runs += [SimulatedRun(run_id, RANKS, behaviour, WINDOW_SECONDS, ranks_per_node=RANKS_PER_POD)
+                 for run_id, behaviour in BEHAVIOURS.items()]
         alertmanager = Alertmanager(workdir / "alertmanager", alertmanager_config(
             webhook.url, group_wait=f"{GROUP_WAIT_SECONDS}s", group_interval="1s"))
         started.append(alertmanager)
@@ -85,8 +83,27 @@ def test_a_faulty_run_sends_one_notification_per_alert_with_every_rank(cluster, 
     (notification,) = notifications(webhook, alertname, run_id)
     alerts = notification["alerts"]
     assert sorted(a["labels"]["rank"] for a in alerts) == [str(r) for r in range(RANKS)]
-    assert {(a["labels"]["namespace"], a["labels"]["pod"], a["labels"]["node"]) for a in alerts} == {
-        ("ml", f"{run_id}-{pod}-q8x2z", f"gpu-node-{pod}") for pod in range(RANKS // RANKS_PER_POD)}
+    assert {(a["labels"]["rank"], a["labels"]["namespace"], a["labels"]["pod"], a["labels"]["node"])
+            for a in alerts} == set(pod_labels(run_id))  # fmt: skip
+
+
+def pod_labels(run_id: str) -> list[tuple[str, str, str, str]]:
+    """(rank, namespace, pod, node) of every rank of a run: its pod's target labels."""
+    return [(str(r), "ml", f"{run_id}-{r // RANKS_PER_POD}-q8x2z", f"gpu-node-{r // RANKS_PER_POD}")
+            for r in range(RANKS)]
+
+
+def test_one_target_per_pod_serves_every_rank_of_the_pod(cluster):
+    prometheus, _ = cluster
+    up = prometheus.query('up{job="nanogpt"} == 1')
+    assert len(up) == len(BEHAVIOURS) * RANKS // RANKS_PER_POD
+    for run_id in BEHAVIOURS:
+        series = prometheus.query(f'nanogpt_run_info{{run_id="{run_id}"}}')
+        assert sorted((s["metric"]["rank"], s["metric"]["namespace"], s["metric"]["pod"], s["metric"]["node"])
+                      for s in series) == pod_labels(run_id)  # fmt: skip
+        served_by = {(s["metric"]["pod"], s["metric"]["instance"]) for s in series}  # one port per pod
+        pods = RANKS // RANKS_PER_POD
+        assert len(served_by) == len({pod for pod, _ in served_by}) == len({i for _, i in served_by}) == pods
 
 
 def test_a_healthy_run_sends_nothing(cluster):
