@@ -1,4 +1,4 @@
-"""Benchmark (not a test): the trainer's HTTP server under many concurrent clients, during real training.
+"""Benchmark (not a test): the live API under many concurrent clients, during real training.
 
 Starts `python -m nanogpt` (a tiny model on the default corpus, --metrics-port 0), then alternates windows without
 and with load: C client threads here hammer /metrics, /, /api/status, /api/history (as the page
@@ -10,7 +10,8 @@ prints, over P interleaved pairs (the order alternating):
 - tokens per CPU-second of the trainer, loaded / unloaded: what serving costs the training
   process, whatever the load generator itself takes from the shared cores; and, to tell the
   two apart, the share of the process's CPU that its other threads (serving) took, and the
-  training thread's own tokens per CPU-second (what contention for the cores costs it);
+  training thread's own tokens per CPU-second (what contention for the cores costs it), and the
+  CPU of the monitor process that serves (issue 19: the trainer only records);
 - wall-clock tokens/s, loaded / unloaded: what a user sees on this machine, load generator included;
 - requests served, errors and p50/p99 latency per endpoint over the loaded windows.
 
@@ -77,6 +78,19 @@ def fetch(host: str, port: int, path: str) -> bytes:
         conn.close()
 
 
+def monitor_pid(trainer_pid: int) -> int | None:
+    """The monitor process a trainer started (`python -m exporter serve ... --owner PID`); None for a
+    trainer that serves in-process (the code before issue 19)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if b"serve" in args and b"--owner" in args and args[args.index(b"--owner") + 1] == str(trainer_pid).encode():
+            return int(proc.name)
+    return None
+
+
 def cpu_seconds(pid: int, thread: bool = False) -> float:
     """User + system CPU time of process `pid`, all its threads (fields 14 and 15 of /proc/PID/stat),
     or with `thread` of its main thread alone (the training loop)."""
@@ -90,21 +104,25 @@ class Window:
 
     def __init__(self, host: str, port: int, pid: int):
         self.host, self.port, self.pid = host, port, pid
+        self.monitor = monitor_pid(pid)
 
     def __enter__(self) -> "Window":
         self._read()
         self.tokens, self.cpu, self.main_cpu, self.wall = -self.tokens, -self.cpu, -self.main_cpu, -self.wall
+        self.monitor_cpu = -self.monitor_cpu
         return self
 
     def __exit__(self, *exc) -> None:
-        tokens, cpu, main_cpu, wall = self.tokens, self.cpu, self.main_cpu, self.wall
+        tokens, cpu, main_cpu, wall, monitor_cpu = self.tokens, self.cpu, self.main_cpu, self.wall, self.monitor_cpu
         self._read()
         self.tokens, self.cpu, self.main_cpu, self.wall = (self.tokens + tokens, self.cpu + cpu,
                                                            self.main_cpu + main_cpu, self.wall + wall)
+        self.monitor_cpu += monitor_cpu
 
     def _read(self) -> None:
         self.tokens = float(TOKENS.search(fetch(self.host, self.port, "/metrics")).group(1))
         self.cpu, self.main_cpu, self.wall = cpu_seconds(self.pid), cpu_seconds(self.pid, True), time.monotonic()
+        self.monitor_cpu = cpu_seconds(self.monitor) if self.monitor else 0.0
 
     @property
     def per_main_cpu_second(self) -> float:
@@ -186,7 +204,8 @@ def main() -> None:
                   f"({loaded.per_cpu_second / quiet.per_cpu_second:.3f}), tokens/s {quiet.per_second:,.0f} -> "
                   f"{loaded.per_second:,.0f} ({loaded.per_second / quiet.per_second:.3f}), trainer CPU "
                   f"{quiet.cpu / quiet.wall:.2f} -> {loaded.cpu / loaded.wall:.2f} cores, of it serving "
-                  f"{quiet.serving_share:.1%} -> {loaded.serving_share:.1%}", flush=True)
+                  f"{quiet.serving_share:.1%} -> {loaded.serving_share:.1%}, monitor process "
+                  f"{quiet.monitor_cpu / quiet.wall:.2f} -> {loaded.monitor_cpu / loaded.wall:.2f} cores", flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)

@@ -8,7 +8,7 @@ timeout, which also bounds how long a client may take to send a request head).
 A background task polls the run directory a few times a second (exporter.node)
 and wakes the event streams when anything changed.
 
-Routes are GET and HEAD (the same headers, no body) only; each answers JSON
+Routes are GET only (HEAD too is a 405, as every other method); each answers JSON
 errors, and basic auth and TLS (exporter.webconfig) cover every route. A
 request aiohttp cannot parse gets aiohttp's own plain-text 400 and a closed
 connection. Bodies that every client asks for (the page, status, model) are
@@ -42,7 +42,9 @@ from .node import NodeMonitor
 from .runview import RunView
 from .webconfig import BasicAuth, WebConfig
 
-POLL_SECONDS = 0.1  # how often the run directory is read: a new point reaches the page this late at most
+POLL_SECONDS = 0.1  # how often the run directory is read while a stream is open: a new point's latency
+# and while none is (every request reads it first anyway): how soon a killed trainer is noticed
+IDLE_POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0  # SSE comment interval, so proxies keep an idle stream open
 SSE_RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects
 MAX_AGE_SECONDS = 1.0  # how old a shared body may be when no event changed it (the live iteration, the clock)
@@ -120,6 +122,7 @@ class Monitor:
         self.auth = BasicAuth(web_config.users) if web_config is not None and web_config.users else None
         self.changed = asyncio.Condition()
         self.closing = asyncio.Event()
+        self.open_streams = 0  # the watcher polls often only while a page is listening
         self._cache: dict[tuple, tuple[int, float, Any]] = {}
         self._bcrypt = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt") if self.auth else None
 
@@ -127,7 +130,7 @@ class Monitor:
         app = web.Application(middlewares=[self._guard])
         for path, handler in zip(ROUTES, (self.page, self.metrics, self.healthz, self.status, self.history,
                                           self.model, self.stream, self.export_csv)):
-            app.router.add_get(path, handler)
+            app.router.add_get(path, handler, allow_head=False)  # SPEC: HEAD is 405 like every other method
         return app
 
     async def refresh(self) -> None:
@@ -144,11 +147,12 @@ class Monitor:
                 self.changed.notify_all()
 
     async def watch(self) -> None:
-        """Poll the run directory until closing, for the event streams."""
+        """Poll the run directory until closing: often while event streams are open, seldom when
+        none is (an idle monitor on every node of a fleet should cost next to nothing)."""
         while not self.closing.is_set():
             await self.refresh()
             try:
-                await asyncio.wait_for(self.closing.wait(), POLL_SECONDS)
+                await asyncio.wait_for(self.closing.wait(), POLL_SECONDS if self.open_streams else IDLE_POLL_SECONDS)
             except asyncio.TimeoutError:
                 pass
         async with self.changed:
@@ -173,7 +177,7 @@ class Monitor:
             except BadRequest as e:
                 response = _error(400, str(e))
             except web.HTTPMethodNotAllowed:
-                response = _error(405, "method not allowed", {"Allow": "GET, HEAD"})
+                response = _error(405, "method not allowed", {"Allow": "GET"})
             except web.HTTPNotFound:
                 response = _error(404, "not found")
             except web.HTTPException as e:
@@ -269,8 +273,6 @@ class Monitor:
         response = web.StreamResponse(headers={
             "Content-Type": "text/csv; charset=utf-8", "X-Content-Type-Options": "nosniff",
             "Content-Disposition": f'attachment; filename="nanogpt-{safe_id}.csv"'})
-        if request.method == "HEAD":  # aiohttp drops the body of a HEAD only for a whole Response
-            return response
         await response.prepare(request)
         lines = iter(view.csv_lines())
         try:
@@ -294,13 +296,14 @@ class Monitor:
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"})  # no proxy buffering
-        if request.method == "HEAD":
-            return response
         await response.prepare(request)
+        self.open_streams += 1
         try:
             await self._events(response, view, cursor)
         except ConnectionError:  # the client left: its handler ends here, quietly
             pass
+        finally:
+            self.open_streams -= 1
         return response
 
     async def _events(self, response: web.StreamResponse, view: RunView, cursor: int) -> None:

@@ -146,7 +146,7 @@ async def _serve(args: argparse.Namespace, web_config) -> int:
                 log.info("monitor: no trainer recorded into %s within %.0f s; exiting", args.dir, args.wait)
                 break
             try:
-                await asyncio.wait_for(monitor.closing.wait(), 0.2)
+                await asyncio.wait_for(monitor.closing.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
     finally:

@@ -140,11 +140,11 @@ def test_an_absolute_file_uri_is_refused_and_serves_no_file(server):
     assert 400 <= answer.status < 500 and b"root:" not in answer.body
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
-def test_every_method_but_get_and_head_is_405_with_allow_on_every_route(server, method):
+@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_every_method_but_get_is_405_with_allow_on_every_route(server, method):
     for route in ROUTES:
         answer = request(server, f"{method} {route} HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello".encode())
-        assert (answer.status, answer.headers.get("allow")) == (405, "GET, HEAD"), route
+        assert (answer.status, answer.headers.get("allow")) == (405, "GET"), route
 
 
 @pytest.mark.parametrize("method", ["BREW", "G\x00T", "get"])
@@ -412,7 +412,7 @@ def test_serving_and_answering_start_no_thread_in_the_trainer(tmp_path):
     monitor = started(tmp_path / "run", points=3)
     try:
         for route in ROUTES:
-            get(monitor.server, route, method="HEAD" if route == "/api/stream" else "GET")
+            get(monitor.server, route, method="HEAD" if route == "/api/stream" else "GET")  # HEAD: a 405, at once
         log_points(monitor, 4, 10)
         assert (threads(), threading.active_count()) == before
     finally:
