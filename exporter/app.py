@@ -137,11 +137,16 @@ class Monitor:
         """Read what the run directory gained; wake the streams when something changed. Each request
         does this first (a stat per rank when nothing did), so an answer includes every event
         recorded before it was asked for."""
-        try:
-            changed = self.node.poll()
-        except Exception as e:  # the server goes on with what it has
-            self.node.report_error("poll", e)
-            changed = False
+        changed = False
+        while True:
+            try:
+                changed |= self.node.poll()
+            except Exception as e:  # the server goes on with what it has
+                self.node.report_error("poll", e)
+                break
+            if not self.node.behind:
+                break
+            await asyncio.sleep(0)  # a long journal is replayed in parts: other requests go on meanwhile
         if changed:
             async with self.changed:
                 self.changed.notify_all()

@@ -107,15 +107,19 @@ def _plain(value: Any) -> Any:
 class JournalReader:
     """Reads the lines added to a journal since the last call (a torn last line waits for its end)."""
 
+    MAX_READ_BYTES = 1 << 20  # per call (~4,000 points): replaying a long run's journal leaves the server answering
+
     def __init__(self, path: Path):
         self.path = path
         self._offset = 0
         self._rest = b""
         self._inode: Optional[int] = None
+        self.behind = False  # more was written than the last call read
 
     def read_new(self) -> list[dict]:
-        """The complete event lines written since the last call; [] when there are none. A file
-        started afresh (a restarted trainer) is read from its start, after a {"event": "reset"}."""
+        """The complete event lines written since the last call, at most MAX_READ_BYTES of them
+        (`behind` says whether more wait); [] when there are none. A file started afresh (a
+        restarted trainer) is read from its start, after a {"event": "reset"}."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -126,11 +130,13 @@ class JournalReader:
             self._offset, self._rest = 0, b""
         self._inode = stat.st_ino
         if stat.st_size == self._offset:
+            self.behind = False
             return events
         with open(self.path, "rb") as f:
             f.seek(self._offset)
-            data = f.read(stat.st_size - self._offset)
+            data = f.read(min(stat.st_size - self._offset, self.MAX_READ_BYTES))
         self._offset += len(data)
+        self.behind = self._offset < stat.st_size
         lines = (self._rest + data).split(b"\n")
         self._rest = lines.pop()  # b"" after a complete last line
         for number, line in enumerate(lines):

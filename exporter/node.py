@@ -102,6 +102,11 @@ class NodeMonitor:
             self.last_ended = None
         return changed
 
+    @property
+    def behind(self) -> bool:
+        """Whether a journal holds more than the last poll read."""
+        return any(view.behind for view in list(self.views.values()))
+
     def _write_state(self, view: RunView, state: str) -> None:
         """nanogpt_training_state as the monitor knows it, newer than the trainer's last write (only
         these series: a value of ours for any other would hide the trainer's own)."""

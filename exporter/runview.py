@@ -122,6 +122,11 @@ class RunView:
         self.status_version += 1
         return True
 
+    @property
+    def behind(self) -> bool:
+        """Whether the journal holds more than the last poll read (a long run's, replayed in parts)."""
+        return self._reader.behind
+
     # --- what the server reads ---------------------------------------------------------------
 
     @property
