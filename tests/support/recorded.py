@@ -31,9 +31,15 @@ class Recorded:
         self.directory = Path(directory)
         self.node = NodeMonitor(self.directory)
 
+    def _catch_up(self) -> None:
+        """Poll until every journal is read (the server replays a long one in parts)."""
+        self.node.poll()
+        while self.node.behind:
+            self.node.poll()
+
     def view(self, rank: int = 0) -> RunView:
         """The rank's replayed state (status(), history, model(), csv_lines()), after a poll."""
-        self.node.poll()
+        self._catch_up()
         view = self.node.view(rank)
         assert view is not None, f"rank {rank} recorded nothing into {self.directory}"
         return view
@@ -41,18 +47,18 @@ class Recorded:
     def value(self, name: str, /, **labels: str) -> Optional[float]:
         """One sample of the monitor's /metrics registry (None where absent), after a poll. (`name`
         is positional: the GPU families have a label called name.)"""
-        self.node.poll()
+        self._catch_up()
         return self.node.registry.get_sample_value(name, labels)
 
     def exposition(self) -> str:
         """The /metrics text (Prometheus' text format), after a poll."""
-        self.node.poll()
+        self._catch_up()
         return generate_latest(self.node.registry).decode()
 
     def families(self) -> dict:
         """Family name -> prometheus-client Metric, as the registry collects them (names as registered:
         counters without `_total`, info without `_info`), after a poll."""
-        self.node.poll()
+        self._catch_up()
         return {family.name: family for family in self.node.registry.collect()}
 
 
