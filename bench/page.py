@@ -81,7 +81,7 @@ def overview_figures(counts=(1_000, 100_000, 1_000_000), calls: int = 20, more: 
         started = time.perf_counter()
         for i in range(count):
             history.append(logged(i, eval_every))
-        fed = time.perf_counter() - started
+        fed, held = time.perf_counter() - started, len(history)
         times = []
         for _ in range(calls + 1):  # the first call imports numpy: not counted
             started = time.perf_counter()
@@ -95,7 +95,7 @@ def overview_figures(counts=(1_000, 100_000, 1_000_000), calls: int = 20, more: 
         for point in points:
             history.append(point)
         append_us = (time.perf_counter() - started) / more * 1e6
-        print(f"{count:>9,} appended ({fed:.1f} s, {len(history):,} held): overview median "
+        print(f"{count:>9,} appended ({fed:.1f} s, {held:,} held): overview median "
               f"{statistics.median(times):.2f} ms, p10..p90 {times[len(times) // 10]:.2f}.."
               f"{times[-1 - len(times) // 10]:.2f}, range {times[0]:.2f}..{times[-1]:.2f} ms, "
               f"{len(body) / 1000:.0f} kB; the next {more:,} appends {append_us:.1f} us each")
