@@ -11,11 +11,15 @@ real HTTP server), opens the page in Debian's Chromium and prints:
 - the /api/history handler alone (no HTTP) for the whole history in both layouts, and the
   overview the page carries in its HTML.
 
+--overview skips the browser: History.to_json of the overview the page carries, at 1k, 100k
+and 1M appended points (median and spread of 20 calls), and what an append costs there.
+
 --history all (the default) raises the exporter's history to keep all N points;
 --history default keeps the exporter's default history (what a real run gives the page).
 Targets: first chart < 100 ms with 100k points kept, and with 1M logged at default settings.
 
     python bench/page.py [--points 100000] [--history all|default] [--updates 50] [--loads 8]
+    python bench/page.py --overview [--eval-every 250]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter import History, TrainingMonitor  # noqa: E402
+from exporter import History, Point, TrainingMonitor  # noqa: E402
 from exporter.page import CHART_FIELDS, FIRST_OVERVIEW_POINTS  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -40,15 +44,61 @@ MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, drop
 START = 1_700_000_000.0
 
 
+def loss_at(i: int) -> float:
+    """The bench run's loss at iteration i: decaying, with a little noise."""
+    return 1.5 + 2.5 / (1 + i / 2000) + 0.05 * ((i * 7919) % 13 - 6) / 6
+
+
+def val_at(i: int) -> float:
+    """The bench run's val_loss at an eval (its train split's loss is 0.1 lower)."""
+    return 1.6 + 2.5 / (1 + i / 2000)
+
+
 def feed(monitor: TrainingMonitor, points: int) -> None:
     """`points` logged iterations (one a second, a noisy decaying loss), an eval every 250."""
     for i in range(points):
         t = START + i
         if i % 250 == 0:
-            monitor.evaluated(iteration=i, train_loss=1.5 + 2.5 / (1 + i / 2000), val_loss=1.6 + 2.5 / (1 + i / 2000))
-        loss = 1.5 + 2.5 / (1 + i / 2000) + 0.05 * ((i * 7919) % 13 - 6) / 6
-        monitor.log(iteration=i, loss=loss, lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
+            monitor.evaluated(iteration=i, train_loss=val_at(i) - 0.1, val_loss=val_at(i))
+        monitor.log(iteration=i, loss=loss_at(i), lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
                     elapsed_seconds=float(i), timestamp=t)
+
+
+def logged(i: int, eval_every: int = 250) -> Point:
+    """The point feed() makes the monitor log at iteration i, its eval merged in."""
+    val = val_at(i) if i % eval_every == 0 else None
+    return Point(i, loss_at(i), lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0, elapsed_seconds=float(i),
+                 timestamp=START + i, val_loss=val, eval_train_loss=None if val is None else val - 0.1)
+
+
+def overview_figures(counts=(1_000, 100_000, 1_000_000), calls: int = 20, more: int = 20_000,
+                     eval_every: int = 250) -> None:
+    """Print what History.to_json of the page's first overview costs at each count of appended
+    points (median and spread of `calls`), and what the next `more` appends cost there (their
+    JSON made beforehand, as TrainingMonitor.log's caller has it)."""
+    for count in counts:
+        history = History()
+        started = time.perf_counter()
+        for i in range(count):
+            history.append(logged(i, eval_every))
+        fed, held = time.perf_counter() - started, len(history)
+        times = []
+        for _ in range(calls + 1):  # the first call imports numpy: not counted
+            started = time.perf_counter()
+            body = history.to_json("bench-page", 0, layout="columns", names=CHART_FIELDS, points=FIRST_OVERVIEW_POINTS)
+            times.append((time.perf_counter() - started) * 1000)
+        times = sorted(times[1:])
+        points = [logged(i, eval_every) for i in range(count, count + more)]
+        for point in points:
+            point.json
+        started = time.perf_counter()
+        for point in points:
+            history.append(point)
+        append_us = (time.perf_counter() - started) / more * 1e6
+        print(f"{count:>9,} appended ({fed:.1f} s, {held:,} held): overview median "
+              f"{statistics.median(times):.2f} ms, p10..p90 {times[len(times) // 10]:.2f}.."
+              f"{times[-1 - len(times) // 10]:.2f}, range {times[0]:.2f}..{times[-1]:.2f} ms, "
+              f"{len(body) / 1000:.0f} kB; the next {more:,} appends {append_us:.1f} us each")
 
 
 def first_chart_ms(browser, url: str) -> tuple[float, float, float, int]:
@@ -113,7 +163,12 @@ def main() -> None:
                         help="all: the history keeps every point; default: the exporter's default history")
     parser.add_argument("--updates", type=int, default=50, help="live points timed for redraw latency")
     parser.add_argument("--loads", type=int, default=8, help="page loads timed for the first chart")
+    parser.add_argument("--overview", action="store_true", help="only History.to_json of the first overview")
+    parser.add_argument("--eval-every", type=int, default=250, help="with --overview: iterations between evals")
     args = parser.parse_args()
+    if args.overview:
+        overview_figures(eval_every=args.eval_every)
+        return
     chromium = shutil.which("chromium")
     if chromium is None:
         sys.exit("bench/page.py: chromium is not installed (apt-get install chromium)")

@@ -15,7 +15,9 @@ Neither knows about Prometheus or HTTP.
 
 Serving must stay cheap: the recent points' JSON is a join of cached strings;
 older points are copied under the lock (memcpy) and formatted outside it, and
-an overview formats only the points it keeps.
+an overview formats only the points it keeps. An overview of a long range reads
+exporter.levels, kept up to date as points arrive, not the held points: about N
+kept points for N asked, whatever the run's length.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import threading
 from dataclasses import replace
 from typing import Iterator, Optional, Sequence
 
+from .levels import Levels, picked_columns
 from .overview import overview_indices
 from .point import COLUMNS, CSV_HEADER, NUMBERS, Point, csv_row
 from .tables import CachedTable, ThinnedColumns, thinned_json, thinned_points, thinned_texts
@@ -47,6 +50,7 @@ class History:
         self._older = ThinnedColumns()  # thinned, iteration order, bare numbers
         self._recent = CachedTable()  # full resolution, iteration order, JSON cached
         self._aged, self._stride = 0, 1  # points aged out of recent so far; older keeps every stride-th
+        self._levels = Levels()  # the overview's per-bucket extremes of every point appended
         self._lock = threading.Lock()
 
     def append(self, point: Point) -> None:
@@ -58,6 +62,7 @@ class History:
             if newest is not None and point.iteration <= newest.iteration:
                 self._truncate_locked(point.iteration - 1)
             self._recent.append(point)
+            self._levels.add(point)
             if len(self._recent) > self._recent_cap:
                 aged = self._recent.pop_first()
                 if self._aged % self._stride == 0:  # every stride-th aged point: the older range stays even
@@ -75,6 +80,7 @@ class History:
                 return None
             amended = replace(newest, **values)
             self._recent.replace_last(amended)
+            self._levels.amend(newest, amended, self._held_from_locked)
         amended.json  # serialised once, as in append
         return amended
 
@@ -88,6 +94,13 @@ class History:
             table.cut(table.after(last_iteration))
         if not len(self._older):
             self._aged, self._stride = 0, 1
+        newest = self._last_locked()
+        self._levels.truncate(last_iteration, None if newest is None else newest.iteration, self._held_from_locked)
+
+    def _held_from_locked(self, iteration: int) -> list[Point]:
+        """The points held from `iteration` on, oldest first."""
+        older, recent = self._tail_locked(iteration - 1)
+        return thinned_points(self._older.copy(older, len(self._older))) + self._recent.points[recent:]
 
     def _tail_locked(self, iteration: Optional[int]) -> tuple[int, int]:
         """(first older index, first recent index) of the points after `iteration`: O(log n),
@@ -134,8 +147,12 @@ class History:
         {"run_id", "rank", "columns": [names], "<name>": [one value per point, null where
         missing], ...} with all fields or only `names`. Both carry the same values; columns are
         under half the bytes and parse several times faster in a browser. With `points`, an
-        overview of about that many points (exporter.overview.overview_indices); without, every
-        point. ValueError (one line) for a bad layout, name or point count."""
+        overview of about that many points (exporter.overview.overview_indices): of every point
+        logged in the range, read from exporter.levels, when a level has that many buckets there
+        (MIN_BUCKETS at least), else of the held points there (a small range, or an overview
+        wider than the finest level, up to ~100k points held); every held point when they are
+        at most that many. Without `points`, every held point. ValueError (one line) for a bad
+        layout, name or point count."""
         if layout not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {layout!r}")
         if names is not None and layout != "columns":
@@ -148,16 +165,28 @@ class History:
             raise ValueError(f"points must be 2 to {MAX_OVERVIEW_POINTS}, got {points}")
         # copy under the lock (pointer and memcpy copies), the rest outside it: an answer never blocks append
         wanted = COLUMNS if layout == "points" else tuple(dict.fromkeys(names + (NUMBERS if points else ())))
+        buckets, picked = (points or 0) // 2, None
         with self._lock:
             (o0, r0), (o1, r1) = self._tail_locked(since), self._end_locked(until)
             o1, r1 = max(o0, o1), max(r0, r1)
-            older = dict(zip(wanted, self._older.copy(o0, o1, wanted)))
-            recent = self._recent.points[r0:r1]
-            if points is not None:
-                numbers = [older[name] + column[r0:r1] for name, column in zip(NUMBERS, self._recent.numbers)]
-            elif layout == "columns":
-                cached = [self._recent.text[COLUMNS.index(name)][r0:r1] for name in names]
-        if points is not None:  # an overview: only the points it keeps are formatted
+            if points is not None and (o1 - o0) + (r1 - r0) > 2 * buckets:  # else every held point comes
+                picked = self._levels.pick(None if since is None else since + 1, until, buckets, wanted)
+            if picked is not None:  # the levels' kept points, and the held ones at the range's ends and edges
+                spans = [self._tail_locked(a - 1) + self._end_locked(b) for a, b in picked.edges]
+                spans += [(o0, r0) + ((o0 + 1, r0) if o0 < o1 else (o0, r0 + 1)),  # the first held point
+                          ((o1 - 1, r1) if r0 == r1 else (o1, r1 - 1)) + (o1, r1)]  # and the last
+                held = [(dict(zip(wanted, self._older.copy(a, c, wanted))), self._recent.points[b:d])
+                        for a, b, c, d in spans]
+            else:
+                older = dict(zip(wanted, self._older.copy(o0, o1, wanted)))
+                recent = self._recent.points[r0:r1]
+                if points is not None:
+                    numbers = [older[name] + column[r0:r1] for name, column in zip(NUMBERS, self._recent.numbers)]
+                elif layout == "columns":
+                    cached = [self._recent.text[COLUMNS.index(name)][r0:r1] for name in names]
+        if picked is not None:  # formatted as the older points are: bare numbers
+            older, recent, cached = picked_columns(picked, held, buckets), [], [[] for _ in names]
+        elif points is not None:  # an overview of the held points: only the points it keeps are formatted
             kept = overview_indices(*numbers, buckets=points // 2)
             old = [i for i in kept if i < o1 - o0]
             older = {name: [column[i] for i in old] for name, column in older.items()}

@@ -22,6 +22,7 @@ from typing import Optional
 from .point import _POINT_TEMPLATE, COLUMNS, NUMBERS, Point
 
 _ITERATION = attrgetter("iteration")
+_FIELDS = attrgetter(*COLUMNS)  # a point's fields, in COLUMNS order, as a tuple
 
 
 def _numbers(point: Point) -> tuple[float, ...]:
@@ -98,9 +99,8 @@ class ThinnedColumns:
         return len(self.columns[0])
 
     def append(self, point: Point) -> None:
-        for column, name in zip(self.columns, COLUMNS):
-            value = getattr(point, name)
-            column.append(math.nan if value is None else float(value))
+        for column, value in zip(self.columns, _FIELDS(point)):
+            column.append(math.nan if value is None else value)
 
     def thin(self) -> None:
         """Keep every second point, the first included."""
@@ -110,6 +110,10 @@ class ThinnedColumns:
         """Drop the points from index `start` on."""
         for column in self.columns:
             del column[start:]
+
+    def keep(self, indices) -> None:
+        """Keep only the points at these indices (increasing)."""
+        self.columns = tuple(array("d", [column[i] for i in indices]) for column in self.columns)
 
     def after(self, iteration: int) -> int:
         """Index of the first point with an iteration > `iteration` (len when none)."""
