@@ -1,10 +1,10 @@
 """Benchmark (not a test): a days-long run's worth of logged points through the exporter, no torch.
 
 Drives a TrainingMonitor through its public API (iteration + log every step, an eval every 1,000)
-with N points (default a million), its HTTP server running, and prints at each checkpoint the
-process RSS (from /proc/self/status), the in-memory history length and the cost of one
+with N points (default a million), its monitor process serving, and prints at each checkpoint the
+RSS of the recording process and of the monitor (from /proc/PID/status) and the cost of one
 iteration()+log() pair; at the end, the latency of /metrics, /api/status, /api/history and
-/export.csv over real HTTP. Memory and history length must stay flat after the history fills.
+/export.csv over real HTTP. Memory must stay flat after the history fills.
 
     python bench/longrun.py [--points 1000000] [--every 100000] [--metrics-log]
 """
@@ -27,12 +27,12 @@ START = 1_700_000_000.0  # simulated unix time: one logged iteration a second
 MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, dropout=0.0, bias=False)
 
 
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (VmRSS is in kB)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process (this one by default) in MiB (VmRSS is in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def latency_ms(url: str, repeats: int) -> tuple[float, float, float, int]:
@@ -60,7 +60,7 @@ def main() -> None:
                             parameters={"total": 800_000}, start_time=START)
         server = monitor.serve(host="127.0.0.1", port=0)
         print(f"start: rss {rss_mb():.1f} MiB, metrics log {'on' if log_path else 'off'}")
-        print(f"{'points':>9} {'rss MiB':>8} {'history':>8} {'us/step':>8}")
+        print(f"{'points':>9} {'rss MiB':>8} {'monitor':>8} {'us/step':>8}")
         chunk_started = time.perf_counter()
         for i in range(1, args.points + 1):
             t = START + i
@@ -71,7 +71,7 @@ def main() -> None:
                         step_seconds=0.1, tokens_per_second=7680.0, elapsed_seconds=float(i), timestamp=t)
             if i % args.every == 0:
                 per_step = (time.perf_counter() - chunk_started) / args.every * 1e6
-                print(f"{i:>9,} {rss_mb():>8.1f} {len(monitor.history):>8,} {per_step:>8.1f}", flush=True)
+                print(f"{i:>9,} {rss_mb():>8.1f} {rss_mb(server.pid):>8.1f} {per_step:>8.1f}", flush=True)
                 chunk_started = time.perf_counter()
         overview = "/api/history?format=columns&fields=iteration,loss,timestamp,val_loss,eval_train_loss&points=2512"
         for path, repeats in (("/metrics", 50), ("/api/status", 20), ("/", 20), ("/api/history", 10),
@@ -79,7 +79,7 @@ def main() -> None:
                               ("/export.csv", 3)):
             ms, low, high, size = latency_ms(server.url + path, repeats)
             print(f"GET {path[:40]:<40} median {ms:8.2f} ms (range {low:.2f}..{high:.2f})  {size / 1024:9.1f} KiB")
-        print(f"end: rss {rss_mb():.1f} MiB, history {len(monitor.history):,} points")
+        print(f"end: rss {rss_mb():.1f} MiB, monitor rss {rss_mb(server.pid):.1f} MiB")
         server.close()
         monitor.close()
 

@@ -1,24 +1,23 @@
 """Benchmark (not a test): the live page in Chromium with a long run's history behind it.
 
-Feeds N logged points through the real exporter API in-process (TrainingMonitor.log, its
-real HTTP server), opens the page in Debian's Chromium and prints:
+Feeds N logged points through the real exporter API (TrainingMonitor.log) in a process that then
+trains (a busy loop holding the GIL, calling iteration() every step) while it serves, opens the
+page in Debian's Chromium and prints:
 
 - time to first chart: navigation start -> the first frame drawn with data (median and p95
   of several loads), and how many points the page was shipped for it;
 - new point -> redraw: monitor.log() called -> the frame that shows that point drawn
   (SSE push, JSON parse, requestAnimationFrame, draw), and the draw itself;
 - JS heap after loading, as performance.memory reports it and after a GC;
-- the /api/history handler alone (no HTTP) for the whole history in both layouts, and the
-  overview the page carries in its HTML.
 
 --overview skips the browser: History.to_json of the overview the page carries, at 1k, 100k
 and 1M appended points (median and spread of 20 calls), and what an append costs there.
 
---history all (the default) raises the exporter's history to keep all N points;
---history default keeps the exporter's default history (what a real run gives the page).
-Targets: first chart < 100 ms with 100k points kept, and with 1M logged at default settings.
+--repo PATH times another checkout's exporter with this bench (before/after figures: the
+trainer-served exporter before issue 19 shares the trainer's GIL). Target: first chart < 100 ms
+with 1M points logged, while training.
 
-    python bench/page.py [--points 100000] [--history all|default] [--updates 50] [--loads 8]
+    python bench/page.py [--points 1000000] [--updates 50] [--loads 8] [--repo ../old-checkout]
     python bench/page.py --overview [--eval-every 250]
 """
 
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--repo" in sys.argv:  # another checkout's exporter, for before/after figures from one bench
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--repo") + 1]).resolve()))
 
 from exporter import History, Point, TrainingMonitor  # noqa: E402
 from exporter.page import CHART_FIELDS, FIRST_OVERVIEW_POINTS  # noqa: E402
@@ -119,48 +120,55 @@ def first_chart_ms(browser, url: str) -> tuple[float, float, float, int]:
 
 
 
-def handler_ms(history: History, layout: str, repeats: int = 5, **options) -> tuple[float, int]:
-    """(best time in ms, body bytes) of the /api/history body for the whole history."""
-    names = CHART_FIELDS if layout == "columns" else None
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        body = history.to_json("bench-page", 0, None, layout=layout, names=names, **options)
-        times.append((time.perf_counter() - started) * 1000)
-    return min(times), len(body)
-
-
-def serve_history(points: int, history: str, updates: int, pipe) -> None:
-    """In its own process: feed the history, time the handler, serve; log each iteration the pipe
-    brings (None ends it)."""
-    kept = History(recent=points + updates) if history == "all" else None
-    monitor = TrainingMonitor(run_id="bench-page", rank=0, history=kept)
+def train_and_serve(points: int, pipe) -> None:
+    """In its own process, as a trainer: log `points` points, serve, then train (a busy loop calling
+    iteration() every ~5 ms of pure-Python work, one core) while the pages load; log each
+    iteration the pipe brings at once (None ends it). Uses only the API every version of the
+    exporter has (TrainingMonitor(run_id, rank), serve(), iteration(), log()), so `--repo` can
+    time an older checkout with the same bench."""
+    monitor = TrainingMonitor(run_id="bench-page", rank=0)
     monitor.run_started(max_iterations=points * 2, tokens_per_iteration=768, model_config=MODEL,
                         parameters={"total": 800_000}, dataset="bench", device="cpu", dtype="float32",
                         start_time=START)
     started = time.perf_counter()
     feed(monitor, points)
-    print(f"fed {points:,} points through TrainingMonitor.log in {time.perf_counter() - started:.1f} s")
-    print(f"history holds {len(monitor.history):,} points")
-    for layout in ("points", "columns"):
-        ms, size = handler_ms(monitor.history, layout)
-        print(f"/api/history body, everything, format={layout}: {ms:.1f} ms (best of 5), {size / 2**20:.2f} MB")
-    ms, size = handler_ms(monitor.history, "columns", points=FIRST_OVERVIEW_POINTS)
-    print(f"/api/history body, the overview the page carries: {ms:.1f} ms (best of 5), {size / 2**20:.2f} MB")
-    sys.stdout.flush()
+    print(f"fed {points:,} points through TrainingMonitor.log in {time.perf_counter() - started:.1f} s", flush=True)
     server = monitor.serve(host="127.0.0.1", port=0)
+    caught_up(server.url, points - 1)
     pipe.send(server.url)
-    while (iteration := pipe.recv()) is not None:
-        monitor.log(iteration=iteration, loss=1.6, lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
-                    timestamp=START + iteration)
+    step = points
+    while True:
+        sum(i * i for i in range(20_000))  # ~5 ms of a training step that holds the GIL
+        monitor.iteration(iteration=step, tokens=768)
+        step += 1
+        if pipe.poll():
+            if (iteration := pipe.recv()) is None:
+                break
+            monitor.log(iteration=iteration, loss=1.6, lr=6e-4, step_seconds=0.1, tokens_per_second=7680.0,
+                        timestamp=START + iteration)
     server.close()
+    monitor.close()
+
+
+def caught_up(url: str, iteration: int, timeout: float = 600.0) -> None:
+    """Wait until the server holds the point at `iteration` (a monitor process replays the journal first)."""
+    import json
+    import urllib.request
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        with urllib.request.urlopen(f"{url}/api/history?since={iteration - 1}", timeout=60) as answer:
+            if json.loads(answer.read())["points"]:
+                print(f"served from {url} after {time.perf_counter() - started:.1f} s", flush=True)
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not hold iteration {iteration} within {timeout:.0f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=100_000, help="logged points")
-    parser.add_argument("--history", choices=("all", "default"), default="all",
-                        help="all: the history keeps every point; default: the exporter's default history")
+    parser.add_argument("--points", type=int, default=1_000_000, help="logged points")
+    parser.add_argument("--repo", type=Path, default=None, help="time this checkout's exporter (default: this one)")
     parser.add_argument("--updates", type=int, default=50, help="live points timed for redraw latency")
     parser.add_argument("--loads", type=int, default=8, help="page loads timed for the first chart")
     parser.add_argument("--overview", action="store_true", help="only History.to_json of the first overview")
@@ -177,7 +185,7 @@ def main() -> None:
     parent, child = multiprocessing.Pipe()
     # the exporter in a process of its own, as in a trainer: Playwright's client here would otherwise
     # compete with the server for this process's GIL and slow its answers down
-    server = multiprocessing.Process(target=serve_history, args=(args.points, args.history, args.updates, child))
+    server = multiprocessing.Process(target=train_and_serve, args=(args.points, child))
     server.start()
     url = parent.recv()
     try:
@@ -185,7 +193,7 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             loads = []
             for _ in range(args.loads):
-                time.sleep(1.0)  # as a person opens a page: not while the server still paces the last load
+                time.sleep(1.0)  # as a person opens a page, one after another
                 loads.append(first_chart_ms(browser, url + "/"))
 
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -217,7 +225,7 @@ def main() -> None:
         return (f"median {statistics.median(ordered):.1f} ms, p95 {ordered[int(0.95 * (len(ordered) - 1))]:.1f} ms, "
                 f"range {ordered[0]:.1f}..{ordered[-1]:.1f}")
 
-    print(f"page holds {held:,} points ({args.points:,} fed, history {args.history})")
+    print(f"page holds {held:,} points ({args.points:,} fed, while a trainer trains)")
     print(f"time to first chart ({args.loads} loads):   {figures([t for t, _, _, _ in loads])}   target 100 ms")
     print(f"  of which the server's page:         {figures([s for _, s, _, _ in loads])} to first byte")
     print(f"  of which the page's parse + draw:   {figures([p for _, _, p, _ in loads])} after the last byte")
