@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
+from .cli import READY_FILE
 from .devices import device_status
 from .journal import JournalWriter, pid_namespace, run_directory
 from .metrics import TrainingMetrics, create_metrics
@@ -69,6 +70,7 @@ class TrainingMonitor:
                  metrics_log: Optional[str | os.PathLike] = None, node: int = 0):
         self.run_id, self.rank, self.node = str(run_id), int(rank), int(node)
         self.directory = Path(directory) if directory is not None else run_directory(self.run_id, self.node)
+        self._default_directory = directory is None  # ours to tidy when nobody serves it
         self.files = SharedFiles(self.directory, f"rank{self.rank}")
         self.files.remove()  # what an earlier process of this rank left: this one counts from zero
         self.metrics: TrainingMetrics = create_metrics(self.files, self.run_id, self.rank)
@@ -281,19 +283,22 @@ class TrainingMonitor:
                             end_time=time.time() if not timestamp else float(timestamp))
 
     def close(self) -> None:
-        """Stop the monitor process serve() started, if any, and close the metrics log and journal."""
+        """Stop the monitor process serve() started, if any, and close the metrics log and journal.
+        Records in the default directory that no monitor serves (none was started) are removed."""
         if self.server is not None:
             self.server.close()
         if self.metrics_log is not None:
             self.metrics_log.close()
         self.journal.close()
+        if self._default_directory and self.server is None and not (self.directory / READY_FILE).exists():
+            self.discard()
 
     def discard(self) -> None:
-        """Close, and remove what this rank recorded (its files, a failed monitor's answer, the
-        directory if nothing else is in it): for a run that will never be served (a port in use)."""
-        from .cli import READY_FILE
-
-        self.close()
+        """Remove what this rank recorded (its files, a failed monitor's answer, the directory if
+        nothing else is in it): for a run that will never be served (a port in use)."""
+        for record in (self.metrics_log, self.files, self.journal):
+            if record is not None:
+                record.close()
         for path in (*self.files.paths(), self.journal.path, self.directory / READY_FILE):
             path.unlink(missing_ok=True)
         try:
@@ -316,7 +321,7 @@ class TrainingMonitor:
     # --- errors and state ----------------------------------------------------------------------
 
     def report_error(self, site: str, error: Exception) -> None:
-        """Count an exporter error and log it the first time this site fails this way; never raises."""
+        """Count an exporter error, log it the first time this site fails this way; never raises."""
         try:
             self.metrics.exporter_errors.inc()
             key = (site, type(error).__name__)
