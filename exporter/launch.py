@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,7 +110,8 @@ class MonitorProcess:
             log.warning("monitor: the monitor process exited (%s) and could not be restarted: %s", how, e)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the monitor (SIGTERM, then SIGKILL after `timeout` s) and wait for it."""
+        """Stop the monitor (SIGTERM, then SIGKILL after `timeout` s) and wait for it; remove the
+        directory it was to remove, should it have died without doing so (killed, not restarted)."""
         if self._closed:
             return
         self._closed = True
@@ -120,6 +122,8 @@ class MonitorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.remove_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> "MonitorProcess":
         return self

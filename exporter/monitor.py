@@ -31,6 +31,7 @@ from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
 from .cli import READY_FILE
 from .devices import device_status
 from .journal import JournalWriter, pid_namespace, run_directory
+from .launch import MonitorProcess
 from .metrics import TrainingMetrics, create_metrics
 from .metricslog import MetricsLog
 from .point import Point
@@ -342,9 +343,8 @@ class TrainingMonitor:
         return self._state == "running"
 
     def serve(self, host: str = "127.0.0.1", port: int = 0, **options: Any):
-        """Start the monitor process serving this run's directory (once per node: the other local
-        ranks only record); returns its exporter.launch.MonitorProcess, also kept as `server`."""
-        from .launch import MonitorProcess
-
+        """Start the monitor process for this run's directory (once per node); returns its
+        exporter.launch.MonitorProcess, kept as `server` too. It removes a default directory."""
+        options.setdefault("remove_dir", self._default_directory)
         self.server = MonitorProcess(self.directory, host=host, port=port, **options)
         return self.server
