@@ -27,7 +27,6 @@ import gzip
 import itertools
 import json
 import logging
-import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from . import page
+from .journal import strict_json
 from .node import NodeMonitor
 from .runview import RunView
 from .webconfig import BasicAuth, WebConfig
@@ -62,17 +62,7 @@ ROUTES = ("/", "/metrics", "/healthz", "/api/status", "/api/history", "/api/mode
 
 def json_bytes(value: Any) -> bytes:
     """Strict JSON (non-finite floats as null, which JSON.parse accepts; NaN would not be)."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float):
-            return v if math.isfinite(v) else None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(value), allow_nan=False, separators=(",", ":")).encode()
+    return json.dumps(strict_json(value), allow_nan=False, separators=(",", ":")).encode()
 
 
 def runner(monitor: "Monitor", idle_seconds: float = IDLE_SECONDS) -> web.AppRunner:

@@ -68,7 +68,7 @@ class JournalWriter:
 
     def write(self, event: str, **fields: Any) -> None:
         """One line, in one write: a reader never sees half of it followed by another line."""
-        line = json.dumps(_strict({"event": event, **fields}), separators=(",", ":"), allow_nan=False,
+        line = json.dumps(strict_json({"event": event, **fields}), separators=(",", ":"), allow_nan=False,
                           default=_plain).encode() + b"\n"
         with self._lock:
             if self._fd is not None:
@@ -87,15 +87,15 @@ class JournalWriter:
                 self._fd = None
 
 
-def _strict(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """Non-finite floats as null (JSON has no NaN; a NaN in a model config or a device reading
-    must not cost the whole event)."""
+    must not cost the whole event; the monitor's answers use it too)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
