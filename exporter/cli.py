@@ -43,7 +43,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     serve = commands.add_parser("serve", help="serve /metrics, the live page and the API for a run directory")
     serve.add_argument("--dir", required=True, type=Path, help="the run directory the trainers record into")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (0: any free port)")
     serve.add_argument("--web-config", type=Path, help="basic auth / TLS, as Prometheus exporters read it")
     serve.add_argument("--linger", type=float, default=0.0,
                        help="seconds to keep serving once every trainer process is gone (default 0)")
@@ -59,6 +59,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text}")
+    return port
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not 0 < value < math.inf:  # 0 would turn aiohttp's idle timer off: no bound at all
@@ -71,6 +81,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from .webconfig import WebConfigError, load_web_config
 
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # nowhere to say it but here: no ready file can be written either
+        print(f"error: cannot use {args.dir} as the run directory: {e.strerror or e}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
     try:
         web_config = load_web_config(args.web_config) if args.web_config else None
     except WebConfigError as e:
