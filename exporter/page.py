@@ -30,6 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from . import diagram
+
 TEMPLATE_PATH = Path(__file__).with_name("static") / "index.html"
 PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 INLINE_CODE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
@@ -150,6 +152,7 @@ def page_values(status: dict, model: dict) -> dict[str, str]:
         **gpu_figures(status),
         "model_summary": model_summary(model.get("model_config") or {}, model.get("tree")),
         "parameter_items": parameter_items(model.get("parameters") or {}),
+        "model_diagram": model_diagram(model.get("tree")),
         "model_tree": model_tree(model.get("tree")),
     }
 
@@ -288,6 +291,20 @@ def _tree_items(node: dict, depth: int, first_in_list: bool) -> str:
 
 
 _last_tree: tuple = (None, _Html(""))  # (tree, its HTML), swapped whole: a run's tree is drawn once
+_last_diagram: tuple = (None, _Html(""))  # the same, for the diagram
+
+
+def model_diagram(tree: Optional[dict]) -> _Html:
+    """The architecture diagram (exporter.diagram's SVG, every text escaped there)."""
+    global _last_diagram
+    if not isinstance(tree, dict):
+        return _Html("")
+    cached_tree, cached_svg = _last_diagram
+    if cached_tree is tree:
+        return cached_svg
+    drawn = _Html(diagram.render(tree))
+    _last_diagram = (tree, drawn)
+    return drawn
 
 
 def model_tree(tree: Optional[dict]) -> _Html:

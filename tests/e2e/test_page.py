@@ -276,6 +276,29 @@ def test_the_module_tree_opens_and_closes_from_the_keyboard(monitor, server, pag
     expect(attention).to_be_hidden()
 
 
+def test_tabbing_to_a_part_of_the_diagram_shows_its_details_without_script(monitor, server, page_factory):
+    page, _ = page_factory(java_script_enabled=False, viewport={"width": 360, "height": 740})
+    page.goto(server.url + "/")
+    diagram = page.get_by_test_id("model-diagram")
+    hint = diagram.locator("text.hint")
+    attention = diagram.locator('[data-part="transformer.h.0.attn"]')
+    details = attention.locator(":scope > g.detail")
+    expect(hint).to_be_visible()
+    expect(details).to_be_hidden()
+    page.locator('[data-part="transformer.h.0"]').focus()
+    for _ in range(6):  # Tab from the block into its parts, as a keyboard user would
+        page.keyboard.press("Tab")
+        if attention.evaluate("el => el === document.activeElement"):
+            break
+    expect(attention).to_be_focused()
+    expect(details).to_be_visible()
+    expect(details).to_contain_text("transformer.h.0.attn (CausalSelfAttention)")
+    expect(details).to_contain_text("2 heads × 16")
+    expect(hint).to_be_hidden()
+    box = diagram.bounding_box()
+    assert box is not None and box["width"] <= 360
+
+
 def test_a_page_served_before_the_run_started_gets_the_tree(page_factory, tmp_path):
     monitor = TrainingMonitor(run_id="page-test", rank=0, directory=tmp_path / "run")
     server = monitor.serve(host="127.0.0.1", port=0)
