@@ -119,7 +119,10 @@ def training() -> dashboard.Dashboard:
                                 query(model_sel("nanogpt_model_parameters", 'component="total"'),
                                       legend="{{run_id}}"), unit="short")
                      .height(8).span(4))
-         .with_panel(bar_gauge("Parameters by component", "nanogpt_model_parameters per component (rank 0's).",
+         .with_panel(bar_gauge("Parameters by component", "nanogpt_model_parameters per component (rank 0's): "
+                               "the share of each part, as the live page's architecture diagram shades it. The "
+                               "diagram itself is drawn from the module tree (/api/model), which is no time "
+                               "series; open the trainer's page (/) to see it.",
                                query(model_sel("nanogpt_model_parameters", 'component!="total"'),
                                      legend="{{component}} {{run_id}}")).height(8).span(10)))
     d = (d.with_row(dashboard.Row("Health"))
