@@ -8,7 +8,7 @@ torch.cuda.set_sync_debug_mode("warn") sees no host-device sync in steps between
 (bench/sync_probe.py); the GPU metrics are present and non-zero while /metrics is scraped at
 10 Hz; tokens/s with metrics on (10 Hz scrapes) / off >= 0.99 (runs interleaved); MFU is
 plausible for the device; a CUDA out-of-memory error is one `error:` line and exit 1.
-Prints one table row per claim (README: "Checking a real GPU") and exits 0 when all hold,
+Prints one table row per claim (docs/gpus.md: "Checking a real GPU") and exits 0 when all hold,
 1 when one does not. Without CUDA it says so and exits 0. Under 5 minutes on one GPU.
 """
 

@@ -4,7 +4,7 @@ Each entry gives the name as registered, its type, HELP text, the labels it
 carries besides `run_id` and `rank`, and the values of those labels that exist
 from the first scrape. `exporter.metrics` registers from this list (all but
 the per-GPU families, which `nanogpt_monitor.gpu` reads at each log point); the
-README's metrics table (`python -m exporter.catalogue` prints it), the SPEC
+metrics table of docs/metrics.md (`python -m exporter.catalogue` prints it), the SPEC
 name test and the Grafana generator's state list come from it or are checked
 against it. This module holds data only: it imports no client library, so
 anything (the dashboard generator, a test) can read it.
@@ -184,7 +184,7 @@ def exposed_names() -> dict[str, Metric]:
 
 
 def markdown_table() -> str:
-    """The README's metrics table, one row per family, as PromQL names it."""
+    """docs/metrics.md's metrics table, one row per family, as PromQL names it."""
     rows = ["| metric | type | labels besides run_id, rank | meaning |", "| --- | --- | --- | --- |"]
     for m in METRICS:
         name = m.exposed[0] if m.kind in ("counter", "info") else m.name

@@ -4,7 +4,7 @@
 # Prints a table: one row per CUDA claim (bf16 / fp16+GradScaler training, no host-device sync
 # between log points, GPU metrics, metrics overhead, MFU, CUDA OOM) with its figure; exit 0 when
 # every claim holds, 1 when one does not. Without a CUDA device it says so and exits 0.
-# The output format is described in README.md ("Checking a real GPU").
+# The output format is described in docs/gpus.md ("Checking a real GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 -m bench.gpu_check "$@"

@@ -1,4 +1,4 @@
-"""exporter.catalogue is the one declaration of every metric: the registry, the README table,
+"""exporter.catalogue is the one declaration of every metric: the registry, docs/metrics.md's table,
 the dashboards and the rules are derived from it or checked against it."""
 
 import re
@@ -86,9 +86,9 @@ def test_every_spec_metric_is_in_the_catalogue():
     assert set(SPEC_METRICS) <= set(catalogue.exposed_names())
 
 
-def test_readme_metrics_table_is_the_generated_one():
-    readme = (REPO / "README.md").read_text()
-    assert catalogue.markdown_table() in readme, "README metrics table is stale: run `python -m exporter.catalogue`"
+def test_the_docs_metrics_table_is_the_generated_one():
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    assert catalogue.markdown_table() in doc, "docs/metrics.md's table is stale: run `python -m exporter.catalogue`"
 
 
 def test_every_metric_a_dashboard_queries_is_in_the_catalogue():

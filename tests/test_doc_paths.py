@@ -13,6 +13,10 @@ A path is a word with a `/` that ends in `/`, holds a `*` (a glob: it must
 match something) or ends in a file name with an extension (`.md`, `.yml`); so `admin/admin`,
 `3000/tcp` or `HTTP/1.0` are not paths. URLs and absolute paths (container
 paths, /metrics) are not repository paths.
+
+And the docs' shape: README.md is a landing page (short, linking every page of
+docs/), docs/development.md has its five "how to add" recipes, and
+docs/alerts.md describes every alert the rules define.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.procs import REPO
 
@@ -39,6 +44,8 @@ PYTHON = sorted(p for folder in ("nanogpt", "exporter", "grafana", "bench", "tes
                 if "node_modules" not in p.parts)  # fmt: skip
 TOP_FOLDERS = sorted(p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 PATH_WORD = re.compile(r"[\w.*-]+(?:/[\w.*+-]*)+")
+README_MAX_LINES = 250  # a landing page: nanoGPT's README is 234 lines; depth goes to docs/
+RECIPES = ("Add a metric", "Add a route", "Add an alert", "Add a panel", "Add an adapter")
 
 
 def as_path(word: str) -> str | None:
@@ -156,3 +163,34 @@ def test_every_docs_mention_anywhere_names_a_file():
         mentions += [(rel(file), m, REPO) for m in re.findall(r"(?<![\w/.-])docs/[\w.-]*\w", text)]
     assert any(path == "docs/stack.md" for _, path, _ in mentions)
     assert not (bad := missing(mentions)), "missing: " + ", ".join(bad)
+
+
+def headings(doc: Path) -> list[str]:
+    """The markdown headings of a doc, outside code blocks."""
+    prose = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.MULTILINE | re.DOTALL)
+    return re.findall(r"^#+ (.+)$", prose, re.MULTILINE)
+
+
+def test_the_readme_is_a_landing_page():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move depth into docs/"
+
+
+def test_the_readme_links_every_page_of_docs():
+    linked = {Path(target.partition("#")[0]).name
+              for target in re.findall(r"\]\((docs/[^)\s]+)\)", (REPO / "README.md").read_text())}
+    assert not (unlinked := {p.name for p in (REPO / "docs").glob("*.md")} - linked), unlinked
+
+
+def test_development_md_has_the_five_recipes():
+    assert set(RECIPES) <= set(headings(REPO / "docs" / "development.md"))
+
+
+def test_alerts_md_describes_every_alert():
+    alerts = [rule["alert"] for path in sorted((REPO / "prometheus" / "rules").glob("*.yml"))
+              for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule]
+    doc = REPO / "docs" / "alerts.md"
+    assert len(alerts) >= 7
+    assert not (missing_heading := set(alerts) - set(headings(doc))), f"{rel(doc)} has no section for {missing_heading}"
+    table = re.findall(r"^\| `(NanoGPT\w+)` \|", doc.read_text(), re.MULTILINE)
+    assert not (missing_row := set(alerts) - set(table)), f"{rel(doc)}'s table lacks {missing_row}"

@@ -42,7 +42,8 @@ def test_the_description_quotes_the_rule_s_own_threshold_and_durations(name, com
     assert seconds(rule["for"]) >= 300  # never on a blip
 
 
-def test_the_readme_lists_both_gpu_alerts():
-    readme = (REPO / "README.md").read_text()
+@pytest.mark.parametrize("doc", ["README.md", "docs/alerts.md", "docs/gpus.md"])
+def test_the_docs_list_both_gpu_alerts(doc):
+    text = (REPO / doc).read_text()
     for name in rules(GPU_ALERTS):
-        assert f"`{name}`" in readme
+        assert f"`{name}`" in text, f"{doc} does not mention {name}"
