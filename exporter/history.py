@@ -207,7 +207,7 @@ class History:
     def csv_lines(self) -> Iterator[str]:
         """The header row, then one CSV row per point held, oldest first. Lazy: the points are
         copied at the first row and the older ones formatted a chunk at a time as rows are read,
-        so a paced reader (exporter.routes, a turn per 512 rows) paces the work too."""
+        so a paced reader (the CSV route, a turn per 512 rows) paces the work too."""
         yield CSV_HEADER
         with self._lock:
             older, recent = self._older.copy(0, len(self._older)), self._recent.points[self._recent.first:]
