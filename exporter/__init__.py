@@ -10,7 +10,7 @@
 
 It never imports torch: it takes plain Python numbers the loop already has.
 The training process opens no socket; `nanogpt-monitor serve --dir DIR`
-(exporter.cli) serves every rank recording into DIR.
+serves every rank recording into DIR.
 """
 
 from .history import History

@@ -1,22 +1,13 @@
 """The monitor process's HTTP server (aiohttp): /metrics, health, JSON, SSE, CSV and the live page.
 
-One asyncio loop in a process of its own, at a lower CPU priority than
-training: a slow, stuck or flooding client holds a coroutine, never a thread
-of the training process, and aiohttp's own limits bound what a request may
-send (`runner()`: request line and header sizes, header count, and the idle
-timeout, which also bounds how long a client may take to send a request head).
-A background task polls the run directory a few times a second (exporter.node)
-and wakes the event streams when anything changed.
-
-Routes are GET only (HEAD too is a 405, as every other method); each answers JSON
-errors, and basic auth and TLS (exporter.webconfig) cover every route. A
-request aiohttp cannot parse gets aiohttp's own plain-text 400 and a closed
-connection. Bodies that every client asks for (the page, status, model) are
-made once per change and at most once a second.
-
-Deliberately not here: what the figures are (exporter.node, exporter.runview,
-exporter.status), the page's HTML (exporter.page), starting and stopping the
-process (exporter.launch, exporter.cli).
+It runs in a process of its own at a lower CPU priority than training, so a slow, stuck or flooding
+client holds a coroutine, never a thread of the training process; `runner()` sets the limits a
+request meets (line and header sizes, header count, the idle timeout that also bounds a trickled
+request head). A background task polls the run directory and wakes the event streams on news.
+Routes are GET only (HEAD is a 405 like any other method), behind basic auth and TLS when
+configured, and answer errors as JSON, except a request aiohttp cannot parse (its own plain-text
+400). Bodies every client asks for (page, status, model) are made once per change and at most
+once a second (`Monitor._cached`).
 """
 
 from __future__ import annotations

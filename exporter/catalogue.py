@@ -1,15 +1,10 @@
 """The metric catalogue: every metric the exporter serves, declared once, as data.
 
-Each entry gives the name as registered, its type, HELP text, the labels it
-carries besides `run_id` and `rank`, and the values of those labels that exist
-from the first scrape. `exporter.metrics` registers from this list (all but
-the per-GPU families, which `nanogpt_monitor.gpu` reads at each log point); the
-metrics table of docs/metrics.md (`python -m exporter.catalogue` prints it), the SPEC
-name test and the Grafana generator's state list come from it or are checked
-against it. This module holds data only: it imports no client library, so
-anything (the dashboard generator, a test) can read it.
-
-Not here: the client library's own process, platform and GC collectors.
+Each entry gives the name as registered, its type, HELP text, the labels it carries besides
+`run_id` and `rank`, and the label values that exist from the first scrape. It imports no client
+library, so anything (the dashboard generator, a test) can read it; `python -m exporter.catalogue`
+prints the metrics table of docs/metrics.md. /metrics also carries prometheus-client's process (per
+trainer) and platform collectors, which are not listed here.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """`nanogpt-monitor serve --dir DIR`: one monitor process serving every rank that records into DIR.
 
-Our trainer starts it for you (exporter.launch); run it yourself where the
-trainer runs elsewhere, e.g. as a Kubernetes sidecar sharing an emptyDir with
-a trainer started with --metrics-external. It serves /metrics, the live page
-and the API on --host:--port until the run is over: `--linger` seconds after
-every trainer process recording here (and its --owner) is gone, or after
-`--wait` seconds if none ever appears. SIGTERM or SIGINT stop it at once.
-
-Once listening it writes DIR/monitor.json ({"pid", "url", "host", "port"}),
-which is how the trainer that started it knows it is up; a failure to start
-is {"error": ...} there and one line on stderr (left to the --owner to print
-when there is one), exit code 2.
+Our trainer starts it for you; run it yourself where the trainer runs elsewhere (a Kubernetes
+sidecar sharing an emptyDir with a trainer started with --metrics-external). It serves until the
+run is over: `--linger` seconds after every trainer recording here (and its --owner) is gone, or
+after `--wait` seconds if none ever appears; SIGTERM or SIGINT stop it at once. Once listening it
+writes DIR/monitor.json ({"pid", "url", "host", "port"}), which is how a trainer that started it
+knows it is up; a failure to start is {"error": ...} there and one line on stderr (left to the
+--owner to print when there is one), exit code 2.
 """
 
 from __future__ import annotations

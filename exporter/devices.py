@@ -4,7 +4,7 @@ A device collector is any prometheus-client collector whose families carry a
 `gpu` label (plus `uuid` and `name`). The exporter does not know what a GPU
 is: the training process reads such a collector at each log point, writes its
 samples as gauges and regroups the same samples by device for the status JSON,
-so the page and Prometheus see one set of values. No torch here.
+so the page and Prometheus see one set of values.
 """
 
 from __future__ import annotations

@@ -1,23 +1,11 @@
-"""The logged history in memory: every point of a short run, a bounded number of a long one.
+"""The logged history in memory (`History`): every point of a short run, a bounded number of a long one.
 
-`History` keeps every logged point of a run in memory while the run is short,
-and a bounded number over a million-iteration run: the newest `recent` points
-at full resolution with their JSON text cached (exporter.tables.CachedTable,
-about 1.5 kB a point), and older points evenly thinned as bare numbers
-(exporter.tables.ThinnedColumns, 96 bytes a point): every stride-th point that
-ages out is kept; each time the older range fills up, every second point of it
-is dropped and the stride doubles, so the whole run stays covered. The default,
-3,000 recent and up to 100,000 older points, takes less memory than the 12,000
-cached points it replaced (about 15 MB against 16 MB; tests/test_history.py); the
-live page reads overviews of it, never all of it.
-Its counterpart on disk, complete at full resolution, is exporter.metricslog.
-Neither knows about Prometheus or HTTP.
-
-Serving must stay cheap: the recent points' JSON is a join of cached strings;
-older points are copied under the lock (memcpy) and formatted outside it, and
-an overview formats only the points it keeps. An overview of a long range reads
-exporter.levels, kept up to date as points arrive, not the held points: about N
-kept points for N asked, whatever the run's length.
+The newest `recent` points are held at full resolution with their JSON cached; older ones are
+evenly thinned bare numbers: every stride-th point that ages out is kept, and each time the older
+range fills up every second one of it goes and the stride doubles, so the whole run stays covered.
+The default, 3,000 recent and up to 100,000 older points, takes about 15 MB. Serving stays cheap:
+recent JSON is a join of cached strings, older points are copied under the lock and formatted
+outside it, and an overview reads the Levels (exporter.overview), not the held points.
 """
 
 from __future__ import annotations
@@ -27,10 +15,9 @@ import threading
 from dataclasses import replace
 from typing import Iterator, Optional, Sequence
 
-from .levels import Levels, picked_columns
-from .overview import overview_indices
-from .point import COLUMNS, CSV_HEADER, NUMBERS, Point, csv_row
-from .tables import CachedTable, ThinnedColumns, thinned_json, thinned_points, thinned_texts
+from .overview import Levels, overview_indices, picked_columns
+from .point import (COLUMNS, CSV_HEADER, NUMBERS, CachedTable, Point, ThinnedColumns, csv_row, thinned_json,
+                    thinned_points, thinned_texts)
 
 RECENT_POINTS = 3_000  # newest points kept at full resolution, their JSON cached
 OLDER_POINTS = 100_000  # cap on thinned older points (bare numbers)
@@ -147,8 +134,8 @@ class History:
         {"run_id", "rank", "columns": [names], "<name>": [one value per point, null where
         missing], ...} with all fields or only `names`. Both carry the same values; columns are
         under half the bytes and parse several times faster in a browser. With `points`, an
-        overview of about that many points (exporter.overview.overview_indices): of every point
-        logged in the range, read from exporter.levels, when a level has that many buckets there
+        overview of about that many points (overview_indices): of every point
+        logged in the range, read from the Levels, when a level has that many buckets there
         (MIN_BUCKETS at least), else of the held points there (a small range, or an overview
         wider than the finest level, up to ~100k points held); every held point when they are
         at most that many. Without `points`, every held point. ValueError (one line) for a bad
@@ -220,7 +207,7 @@ class History:
     def csv_lines(self) -> Iterator[str]:
         """The header row, then one CSV row per point held, oldest first. Lazy: the points are
         copied at the first row and the older ones formatted a chunk at a time as rows are read,
-        so a paced reader (exporter.routes, a turn per 512 rows) paces the work too."""
+        so a paced reader (the CSV route, a turn per 512 rows) paces the work too."""
         yield CSV_HEADER
         with self._lock:
             older, recent = self._older.copy(0, len(self._older)), self._recent.points[self._recent.first:]

@@ -1,16 +1,11 @@
 """The run's journal: what the training process was told, as JSON lines the monitor process replays.
 
-Each rank appends to `rank<R>.jsonl` in the run directory: one line per change
-the live page and API show (the run's shape and model, each logged point, an
-evaluation, a checkpoint, the end), never one per iteration (those figures are
-in exporter.shared). A line is written and flushed in one `write` of an
-O_APPEND file, so a reader sees whole lines or a torn last one, which it
-leaves for the next read. The monitor reads from where it stopped, so a long
-run's journal is read once, not per request.
-
-Event lines are {"event": NAME, ...}; exporter.runview says what each does.
-Deliberately not here: the points' full-resolution log for CSV and resumes
-(exporter.metricslog), which the journal points at when there is one.
+Each rank appends to `rank<R>.jsonl` in the run directory one line per change the live page and
+API show (the run's shape and model, each logged point, an evaluation, a checkpoint, the end),
+never one per iteration. A line is written and flushed in one `write` of an O_APPEND file, so a
+reader sees whole lines or a torn last one, which it leaves for the next read; the monitor reads
+on from where it stopped, so a long run's journal is read once. Lines are {"event": NAME, ...};
+exporter/runview.py lists the events.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Starting the monitor process from a training process, and stopping it.
 
-`MonitorProcess` runs `python -m exporter serve --dir DIR` beside the trainer
-(exporter.cli), waits until it listens (its DIR/monitor.json) and raises
-ServeError with its one-line reason when it cannot (a port in use). At a log
-point the trainer calls `check()`: a monitor that died (killed, crashed) is
-started again once, on the same port, with a one-line warning; training never
-waits for it. `close()` stops it; when the trainer made DIR the monitor
-removes it on the way out.
+`MonitorProcess` runs `python -m exporter serve --dir DIR` beside the trainer, waits until it
+listens (its DIR/monitor.json) and raises ServeError with its one-line reason when it cannot (a
+port in use). At a log point the trainer calls `check()`: a monitor that died is started again
+once, on the same port, with a one-line warning; training never waits for it. `close()` stops it;
+when the trainer made DIR the monitor removes it on the way out.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Binds the catalogue's metrics to one run_id and rank, as values in that rank's shared files.
 
-What each metric is (name, type, HELP, labels, buckets) lives in
-`exporter.catalogue` and only there; this module turns that data into values
-of `exporter.shared` (prometheus-client's mmap format), which the monitor
-process serves. It holds no training logic (that is `exporter.monitor`) and
-serves nothing (that is `exporter.app`). Every series is created up front so
-it exists from the first scrape. Values not known yet (a loss before the first
-log point, an MFU without a known peak) start as NaN, never as a made-up 0.
-
-Two families are not written here: `nanogpt_run_info` (prometheus-client's
-mmap files carry no Info; the monitor makes it from the run's journal) and the
-per-GPU families (written by `device_gauge` when a device collector is read).
+Every series is created up front so it exists from the first scrape; values not known yet (a loss
+before the first log point, an MFU without a known peak) start as NaN, never as a made-up 0. Two
+families are not written here: `nanogpt_run_info` (mmap files carry no Info; the monitor makes it
+from the journal) and the per-GPU families (`device_gauge` writes them when a device collector is
+read).
 """
 
 from __future__ import annotations

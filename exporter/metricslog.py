@@ -1,12 +1,8 @@
 """The metrics log: every logged point of a run as a JSON line on disk, complete at full resolution.
 
-`MetricsLog` appends each point as one JSON line (flushed per line), so the
-CSV export is complete at full resolution across resumes, and a resumed run
-reloads the history it had. Lines a full disk refused wait, bounded, and go
-out with the next write that succeeds. Reading skips a line torn by a kill.
-
-Deliberately not here: the bounded in-memory history the live API serves
-(exporter.history), CSV formatting (point.csv_lines), Prometheus or HTTP.
+It is what the CSV export reads and what a resumed run reloads its history from. Each line is
+flushed as written; lines a full disk refused wait, bounded, and go out with the next write that
+succeeds; reading skips a line torn by a kill.
 """
 
 from __future__ import annotations

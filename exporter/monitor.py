@@ -1,19 +1,13 @@
 """TrainingMonitor: turns a training loop's events into recorded figures, in the training process.
 
-Any PyTorch loop can use it (not only nanogpt): call `run_started` once,
-`iteration` after every optimizer step, `log` at log intervals with numbers
-already on the host, `evaluated` after an eval, `run_ended` at the end. It
-only records: every metric goes to this rank's shared files (exporter.shared,
-prometheus-client's mmap format), and each change the live page shows goes to
-the rank's journal (exporter.journal), both in one run directory. It opens no
-socket and starts no thread; the monitor process (exporter.node, started by
-`serve()`) reads the directory and answers HTTP. Every public method is
-guarded: an exception inside it is logged once per site, counted in
-nanogpt_exporter_errors_total and swallowed, so monitoring can never break
-training. `iteration` (the per-step call) writes a few doubles to shared
-memory; `log` writes its point as one journal line and one metrics-log line
-(plus a journal line for other logged values, and one for device readings
-where a device collector was added, which it reads then).
+Any PyTorch loop can use it: `run_started` once, `iteration` after every optimizer step, `log` at
+log intervals with numbers already on the host, `evaluated` after an eval, `run_ended` at the end.
+It only records, into one run directory: every metric into this rank's shared mmap files (a few
+doubles per `iteration`), each change the live page shows as a journal line, each logged point
+also as a metrics-log line. It opens no socket and starts no thread; the monitor process
+(`serve()`) reads the directory and answers HTTP. Every public method is guarded: an exception
+inside it is logged once per site, counted in nanogpt_exporter_errors_total and swallowed, so
+monitoring can never break training.
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
-"""The monitor process's view of one node: every rank that records into a run directory.
+"""The monitor process's view of one node: every rank that records into a run directory, and /metrics.
 
-`NodeMonitor.poll()` (the server calls it a few times a second) finds new
-ranks' journals, replays what they gained (exporter.runview) and checks that
-each trainer's process is still alive. A trainer that vanished without
-reporting an end (kill -9, the OOM killer) is marked failed: on the page, in
-/api/status, and in nanogpt_training_state, which the monitor overwrites from
-its own shared file (gauges are "most recent wins", exporter.shared).
-
-/metrics is one registry: prometheus-client's MultiProcessCollector over the
-directory (every rank's counters, gauges, histogram and summary, as the
-trainers wrote them), nanogpt_run_info from the journals (mmap files carry no
-Info), each trainer's process figures read from its /proc (labelled with its
-run_id and rank, since one target now holds several processes), and the
-platform collector.
+`NodeMonitor.poll()` (a few times a second) finds new ranks' journals, replays what they gained and
+checks that each trainer's process is still alive. A trainer that vanished without reporting an end
+(kill -9, the OOM killer) is marked failed on the page, in /api/status and in
+nanogpt_training_state, which the monitor overwrites from its own shared file (gauges are "most
+recent wins"). /metrics is one registry: prometheus-client's MultiProcessCollector over the
+directory (every rank's series as the trainers wrote them), nanogpt_run_info from the journals
+(mmap files carry no Info), each trainer's process figures read from its /proc (labelled with its
+run_id and rank, since one target holds several processes), and the platform collector.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
-"""The fallback live page: static/index.html with the current figures filled in.
+"""The live page: static/index.html with the current figures filled in, so it reads with JavaScript off.
 
-The HTML itself carries the headline figures as text (iteration, losses, rate,
-ETA, parameters, state, analytics), so the page is useful with JavaScript off;
-its inline script then takes over with /api/history and /api/stream. The
-template's placeholders are `{{name}}`, filled with HTML-escaped text. The
-inline <script> and <style> hold no placeholders, so their SHA-256 hashes are
-fixed and the Content-Security-Policy allows exactly them and nothing else
-inline: no CDN, no eval, no other origin.
-
-The formatters below mirror the script's (fmtLoss, fmtRate, ...) so a figure
-reads the same before and after the script updates it. The model's module tree
-(nanogpt_monitor.model_view's plain dicts) is drawn here only, as nested
-<details>: collapsible and keyboard reachable without any script; a page
-served before the model was known takes the tree from a fresh copy of itself.
-
-Deliberately not here: routing (exporter.server) and computing the figures
-(TrainingMonitor.status and .model).
+Placeholders are `{{name}}`, filled with HTML-escaped text; the inline script then takes over with
+/api/history and /api/stream. The inline <script> and <style> hold no placeholders, so their SHA-256
+hashes are fixed and the Content-Security-Policy allows exactly them: no CDN, no eval, no other
+origin. The formatters mirror the script's (fmtLoss, fmtRate, ...) so a figure reads the same before
+and after the script updates it. The module tree is drawn here only, as nested <details>
+(collapsible and keyboard reachable without any script); the script takes it from a fresh copy of
+the page.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """One rank's run as the monitor process sees it: its journal replayed into status, history and model.
 
-`RunView` reads the rank's journal (exporter.journal) from where it stopped and
-applies each event:
+`RunView` reads the rank's journal from where it stopped and applies each event:
 
     opened    the process: run_id, rank, pid (a new process of the rank starts a new journal)
     model     model_config, parameters, tree (nanogpt_monitor.model_view's plain dicts)
@@ -13,9 +12,10 @@ applies each event:
     scalars   other logged values by name
     devices   per-device figures for /api/status's `gpus`
 
-Its status(), model(), history and csv_lines() are what the page and the API
-serve. The current iteration, which the trainer writes every step, is read
-from the rank's shared file, so the page counts steps between log points.
+The current iteration, which the trainer writes every step, is read from the
+rank's shared file, so the page counts steps between log points. The status
+answer is `snapshot()`: a pure function of the replayed fields, the newest
+points and the clock.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
+from . import trend
 from .catalogue import BY_KEY, LABELS
 from .history import History
 from .journal import JournalReader, journal_path
 from .metricslog import MetricsLog
 from .point import Point, csv_lines
 from .shared import FILE_KINDS
-from .status import READ_SECONDS, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ STATUS_DEFAULTS = {
     "parameters_total": None, "dataset": "", "device": "", "dtype": "", "last_checkpoint": None,
     "last_checkpoint_error": None, "tokens_per_iteration": None,
 }
+RATE_WINDOW_SECONDS = 60.0  # iterations/s over the last minute, like rate(nanogpt_iterations_total[1m])
+READ_SECONDS = 2 * trend.WINDOW_SECONDS  # how far back before the newest point a snapshot reads (History.tail)
 
 
 class RunView:
@@ -172,6 +174,72 @@ class RunView:
         if self.metrics_log is not None and self.metrics_log.path.is_file():
             return csv_lines(self.metrics_log.read())
         return self.history.csv_lines()
+
+
+# --- the /api/status answer -----------------------------------------------------------------------
+
+def snapshot(run_id: str, rank: int, fields: dict[str, Any], points: Sequence[Point], loss_ema: Optional[float],
+             now: float) -> dict:
+    """The status answer from the monitor's status `fields`, the logged `points` (oldest first;
+    only the newest two trend windows are read) and the smoothed loss, at unix time `now`."""
+    s = fields
+    last = points[-1] if points else None
+    samples = trend_samples(points)
+    loss_trend = trend.loss_trend(samples)
+    ips = iterations_per_second(points)
+    running = s["state"] == "running"
+    eta = (s["max_iterations"] - s["iteration"]) / ips if running and ips else None
+    end = s["end_time"] or now
+    return {
+        "run_id": run_id, "rank": rank, "world_size": s["world_size"], "state": s["state"],
+        "reason": s["reason"], "iteration": s["iteration"], "max_iterations": s["max_iterations"],
+        "loss": _finite(last.loss) if last else None, "loss_ema": loss_ema,
+        "val_loss": s["val_loss"], "eval_train_loss": s["eval_train_loss"], "best_val_loss": s["best_val_loss"],
+        "lr": last.lr if last else None, "tokens_per_second": last.tokens_per_second if last else None,
+        "iterations_per_second": ips, "step_seconds": last.step_seconds if last else None,
+        "mfu": last.mfu if last else None, "eta_seconds": eta,
+        "elapsed_seconds": end - s["start_time"] if s["start_time"] is not None else None,
+        "start_time": s["start_time"], "parameters_total": s["parameters_total"], "dataset": s["dataset"],
+        "device": s["device"], "dtype": s["dtype"], "last_checkpoint": s["last_checkpoint"],
+        "last_checkpoint_error": s["last_checkpoint_error"],
+        "trend": {"state": loss_trend.state, "improvement_ratio": loss_trend.improvement_ratio,
+                  "window_seconds": loss_trend.window_seconds, "threshold": loss_trend.threshold},
+        "average_loss": {"window_seconds": trend.WINDOW_SECONDS, "value": trend.average_loss(samples)},
+    }
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def trend_samples(points: Sequence[Point]) -> list[tuple[float, float]]:
+    """(timestamp, loss) of the newest points, back to the first at or before the newest timestamp
+    minus two trend windows: all that loss_trend and average_loss read (they walk back from the
+    newest and stop there), so a status costs O(window), not O(history) (100k points: 35 ms)."""
+    samples: list[tuple[float, float]] = []
+    for p in reversed(points):
+        if p.timestamp is None:
+            continue
+        samples.append((p.timestamp, p.loss))
+        if p.timestamp <= samples[0][0] - 2 * trend.WINDOW_SECONDS:
+            break
+    samples.reverse()
+    return samples
+
+
+def iterations_per_second(points: Sequence[Point]) -> Optional[float]:
+    """Iterations per second over the logged points of the last minute (1/step_seconds when fewer than 2)."""
+    if not points:
+        return None
+    last = points[-1]
+    first = last
+    for p in reversed(points):
+        if p.timestamp is None or last.timestamp is None or p.timestamp < last.timestamp - RATE_WINDOW_SECONDS:
+            break
+        first = p
+    if first is not last and last.timestamp > first.timestamp:
+        return (last.iteration - first.iteration) / (last.timestamp - first.timestamp)
+    return 1.0 / last.step_seconds if last.step_seconds else None
 
 
 def _point(data: dict) -> Point:

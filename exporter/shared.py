@@ -1,26 +1,16 @@
 """Figures written to shared memory: prometheus-client's mmap files, one set per writer, in a run directory.
 
-The training process records every counter, gauge, summary and histogram of
-the catalogue here, as prometheus-client's multiprocess mode does: each value
-is two doubles (value, timestamp) at a fixed offset of an mmap'd file, so a
-`set` or `inc` is a struct write into page cache, with no system call and no
-lock held across processes. The monitor process reads the same files with the
-library's own `prometheus_client.multiprocess.MultiProcessCollector`, which
-merges every writer's file into one exposition (each rank's series carry their
-own `rank` label, so nothing is summed across ranks).
+Each value is two doubles (value, timestamp) at a fixed offset of an mmap'd file, so a `set` or
+`inc` is a struct write into page cache, with no system call and no lock held across processes.
+The monitor process reads the files with the library's own MultiProcessCollector (each rank's
+series carry their own `rank` label, so nothing is summed across ranks).
 
-Why not multiprocess mode itself: it is switched on for the whole process by
-the PROMETHEUS_MULTIPROC_DIR environment variable, read when prometheus_client
-is first imported. A monitor embedded in somebody's training script (Hugging
-Face, Lightning) must not flip every other prometheus-client metric of that
-process into mmap files, nor depend on the order of imports. So the files are
-written here directly, in the library's format (`MmapedDict`, `mmap_key`) and
-with its file names (`counter_<id>.db`, `gauge_mostrecent_<id>.db`, ...).
-Gauges use the `mostrecent` mode: the newest write wins, which lets the
-monitor overwrite a dead trainer's `nanogpt_training_state` from its own file.
-
-Deliberately not here: which metrics exist (exporter.catalogue), binding them
-to a run and rank (exporter.metrics), reading them back (exporter.node).
+Why not prometheus-client's multiprocess mode itself: PROMETHEUS_MULTIPROC_DIR switches it on for
+the whole process when prometheus_client is first imported, and a monitor embedded in somebody's
+training script must not flip that process's other metrics into mmap files, nor depend on import
+order. So the files are written here directly, in the library's format (`MmapedDict`, `mmap_key`)
+and file names (`counter_<id>.db`, `gauge_mostrecent_<id>.db`, ...). Gauges are `mostrecent`: the
+newest write wins, which lets the monitor overwrite a dead trainer's `nanogpt_training_state`.
 """
 
 from __future__ import annotations

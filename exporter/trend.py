@@ -1,20 +1,17 @@
-"""Loss trend and window mean, by the same definitions as the Prometheus recording rules.
+"""Loss trend and window mean by the Prometheus recording rules' definitions, and the debiased loss EMA.
 
-prometheus/rules/nanogpt-recording.yml computes, from the nanogpt_logged_loss
-summary, the mean logged loss over the last window W and over the window
-before it, and classifies the relative improvement between them:
+prometheus/rules/nanogpt-recording.yml takes, from the nanogpt_logged_loss summary, the mean logged
+loss over the last window W and over the window before it, and classifies the relative improvement
+between them:
 
     ratio = (previous - current) / previous       (positive = improving)
     improving if ratio > T, rising if ratio < -T, else plateau,
     only when both windows hold >= MIN_POINTS finite logged losses.
 
-Here the same figures come from the exporter's own history of (timestamp,
-loss) samples, for /api/status and the live page. Windows are by unix
-timestamp, (now - W, now] and (now - 2W, now - W], and `now` defaults to the
-newest sample, so a finished run keeps the trend it ended with. Non-finite
-losses are left out, as the summary leaves them out. Also here: the debiased
-EMA behind nanogpt_train_loss_ema and the page's smoothed line. This module
-does not read Prometheus.
+Here the same figures come from the history's (timestamp, loss) samples, for /api/status and the
+page. Windows are by unix timestamp, (now - W, now] and (now - 2W, now - W]; `now` defaults to the
+newest sample, so a finished run keeps the trend it ended with. Non-finite losses are left out, as
+the summary leaves them out.
 """
 
 from __future__ import annotations

@@ -3,26 +3,18 @@
     from nanogpt_monitor.gpu import register_gpu_collector
     register_gpu_collector(monitor, devices=["cuda:0"])   # once, next to TrainingMonitor(...)
 
-Per CUDA device the training uses, each log point (TrainingMonitor.log) reads
-torch.cuda's allocator figures for this process (allocated, reserved, peak)
-and NVML's for the whole device (utilisation, memory used/total, power,
-temperature, SM clock, throttle reasons), labelled `gpu` (torch's index),
-`uuid`, `name`, plus `run_id` and `rank`; the monitor records them as gauges
-and as /api/status's `gpus`, so /metrics shows the values of the last log
-point. They are read in the training process because only it can ask its
-allocator; the monitor process serving /metrics cannot. Names, HELP and labels
-come from exporter.catalogue (the `gpu` entries); this module maps values
-onto them.
+Per CUDA device the training uses, each TrainingMonitor.log reads torch.cuda's allocator figures
+for this process (allocated, reserved, peak) and NVML's for the whole device (utilisation, memory,
+power, temperature, SM clock, throttle reasons), labelled `gpu` (torch's index), `uuid` and `name`
+under the catalogue's `gpu` entries; the monitor records them as gauges and as /api/status's
+`gpus`. They are read in the training process because only it can ask its allocator.
 
-collect() runs on the training thread at log points only, never in the
-per-step path, and none of its reads synchronises with the device (the
-allocator keeps its statistics on the host; NVML asks the driver: some tens of
-microseconds per reading). Where there is no CUDA (or CUDA is not initialised
-yet) it yields nothing, not zeros; without nvidia-ml-py or a driver NVML's
-families are absent and torch's remain. A reading the device does not support
-(power on some boards, utilisation under MIG) is left out. Any other error is
-logged once and counted in nanogpt_exporter_errors_total by the monitor, never
-raised into the training loop.
+collect() runs on the training thread at log points only, and none of its reads synchronises with
+the device (the allocator keeps its statistics on the host; NVML asks the driver: some tens of
+microseconds a reading). Without CUDA it yields nothing, not zeros; without nvidia-ml-py or a
+driver NVML's families are absent and torch's remain; a reading the device does not support (power
+on some boards, utilisation under MIG) is left out. Any other error is logged once and counted by
+the monitor, never raised into the training loop.
 """
 
 from __future__ import annotations

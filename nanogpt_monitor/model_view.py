@@ -1,24 +1,15 @@
 """Any torch.nn.Module as plain data: the module tree the exporter shows, and its top-level components.
 
-`describe(model)` walks `named_children()` and each module's own parameters and
-returns nested dicts of str, int and lists only (JSON as is), so the exporter,
-which never imports torch, can serve and draw it. Every node carries the
-module's name (its dotted path, "" for the root), type, a coarse `kind`
-(embedding, attention, mlp, norm, linear, block, list, ...), the shapes of the
-parameters it registers itself, and `parameters`: the elements of every
-parameter in its subtree, each counted once in the whole tree. A parameter
-reachable under two names (a tied embedding and lm_head) is counted where
-`named_parameters()` meets it first and marked `tied` at the other place, so
-the root's count equals `sum(p.numel() for p in model.parameters())`.
-Attention modules also carry their head count and head size when the module
-says them (nanoGPT's `n_head`, Hugging Face's `num_heads` or `config`).
-
-`components(tree)` picks the labels of `nanogpt_model_parameters{component}`
-for models other than nanoGPT (whose trainer reports its own fixed components).
-`config_fields(model)` maps a Hugging Face style `model.config` to the
-nanoGPT field names of `nanogpt_model_config`.
-
-Not here: anything about serving or drawing (exporter/), and no framework import.
+`describe(model)` walks `named_children()` and each module's own parameters and returns nested
+dicts of str, int and lists only (JSON as is), so the exporter, which never imports torch, can
+serve and draw it. Every node carries the module's name (its dotted path, "" for the root), type,
+a coarse `kind` (embedding, attention, mlp, norm, linear, block, list, ...), the shapes of the
+parameters it registers itself, and `parameters`: the elements of every parameter in its subtree,
+each counted once in the whole tree. A parameter reachable under two names (a tied embedding and
+lm_head) is counted where `named_parameters()` meets it first and marked `tied` at the other
+place, so the root's count equals `sum(p.numel() for p in model.parameters())`. Attention modules
+also carry their head count and head size when the module says them (nanoGPT's `n_head`, Hugging
+Face's `num_heads` or `config`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""exporter.levels: the overview kept up to date as points arrive, so /api/history?points=N reads
+"""exporter.overview.Levels: the overview kept up to date as points arrive, so /api/history?points=N reads
 about N kept points at any history length, and keeps what the held (thinned) points lost."""
 
 import json
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import History, Point
-from exporter.levels import SLOTS, Levels
+from exporter.overview import SLOTS, Levels
 from exporter.point import COLUMNS
 
 LONG = 200_000  # logged points of the long run (a million take about 30 s to append here: the same levels)
