@@ -31,6 +31,7 @@ from . import page
 from .journal import strict_json
 from .node import NodeMonitor
 from .runview import RunView
+from .samples import MAX_PAGE
 from .webconfig import BasicAuth, WebConfig
 
 POLL_SECONDS = 0.1  # how often the run directory is read while a stream is open: a new point's latency
@@ -40,6 +41,7 @@ KEEPALIVE_SECONDS = 15.0  # SSE comment interval, so proxies keep an idle stream
 SSE_RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects
 MAX_AGE_SECONDS = 1.0  # how old a shared body may be when no event changed it (the live iteration, the clock)
 CSV_CHUNK_LINES = 512
+DEFAULT_SAMPLES = 10  # /api/samples without ?limit=
 # how long a kept-alive connection waits for its next request: longer than a 1-minute scrape
 # interval (Prometheus' default; this project's config scrapes every 15 s), so scrapes reuse it.
 # aiohttp starts the same clock when a connection opens, so it also bounds a request head's trickle.
@@ -48,7 +50,8 @@ SHUTDOWN_SECONDS = 1.0  # how long closing waits for answers in flight (a stuck 
 MAX_LINE_BYTES = 8190  # request line and each header line; longer is a 400, as in most servers' defaults
 MAX_HEADERS = 100
 BCRYPT_THREADS = 2  # password checks at once: a flood of wrong ones costs this many cores at most
-ROUTES = ("/", "/metrics", "/healthz", "/api/status", "/api/history", "/api/model", "/api/stream", "/export.csv")
+ROUTES = ("/", "/metrics", "/healthz", "/api/status", "/api/history", "/api/model", "/api/stream", "/export.csv",
+          "/api/samples")
 
 
 def json_bytes(value: Any) -> bytes:
@@ -110,7 +113,7 @@ class Monitor:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
         for path, handler in zip(ROUTES, (self.page, self.metrics, self.healthz, self.status, self.history,
-                                          self.model, self.stream, self.export_csv)):
+                                          self.model, self.stream, self.export_csv, self.samples)):
             app.router.add_get(path, handler, allow_head=False)  # SPEC: HEAD is 405 like every other method
         return app
 
@@ -247,6 +250,19 @@ class Monitor:
         except ValueError as e:  # a bad format or field name: the client's to fix
             raise BadRequest(str(e)) from None
         return web.Response(body=body, content_type="application/json")
+
+    async def samples(self, request: web.Request) -> web.Response:
+        """What the model wrote, newest first: ?limit=N (default 10, at most 100), ?before=ITER for
+        the page before an iteration; `more` says whether older ones remain."""
+        view, query = self._view(request), functools.partial(query_param, request)
+        limit = cursor_param(query("limit"), "limit")
+        limit = DEFAULT_SAMPLES if limit is None else limit
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
+        found, more = view.samples.page(limit, cursor_param(query("before"), "before"))
+        return web.Response(body=json_bytes({"run_id": view.run_id, "rank": view.rank, "more": more,
+                                             "samples": [s.to_json() for s in found]}),
+                            content_type="application/json")
 
     async def page(self, request: web.Request) -> web.Response:
         view = self._view(request)

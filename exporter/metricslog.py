@@ -1,4 +1,5 @@
-"""The metrics log: every logged point of a run as a JSON line on disk, complete at full resolution.
+"""The metrics log: every logged point of a run as a JSON line on disk, complete at full resolution,
+and the samples the model wrote (lines with a "sample" key, exporter.samples).
 
 It is what the CSV export reads and what a resumed run reloads its history from. Each line is
 flushed as written; lines a full disk refused wait, bounded, and go out with the next write that
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .point import Point
+from .samples import Sample
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,15 @@ class MetricsLog:
 
         On an OSError the line (and any earlier unwritten ones) is kept for the next
         append and the error re-raised for the caller to count."""
+        self._write(point.json)
+
+    def append_sample(self, sample: Sample) -> None:
+        """Write one sample as a line, as `append` writes a point."""
+        self._write(sample.json)
+
+    def _write(self, line: str) -> None:
         with self._lock:
-            self._pending.append(point.json + "\n")
+            self._pending.append(line + "\n")
             try:
                 if self._file is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,13 +83,19 @@ class MetricsLog:
         A torn last line (kill -9 mid-write) and malformed lines are skipped with a warning."""
         previous: Optional[Point] = None
         for point in self._parse():
+            if not isinstance(point, Point):
+                continue
             if previous is not None and point.iteration != previous.iteration:
                 yield previous
             previous = point
         if previous is not None:
             yield previous
 
-    def _parse(self) -> Iterator[Point]:
+    def samples(self) -> Iterator[Sample]:
+        """Every complete, well-formed sample in the file, oldest first."""
+        return (record for record in self._parse() if isinstance(record, Sample))
+
+    def _parse(self) -> Iterator[Point | Sample]:
         try:
             handle = open(self.path, "r", encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -91,20 +106,23 @@ class MetricsLog:
                     log.warning("%s:%d: skipping a truncated last line", self.path, number)
                     return
                 try:
-                    yield Point.from_json(json.loads(line))
+                    data = json.loads(line)
+                    yield Sample.from_json(data) if isinstance(data, dict) and "sample" in data \
+                        else Point.from_json(data)
                 except ValueError as e:  # json.JSONDecodeError is a ValueError
                     log.warning("%s:%d: skipping a malformed line (%s)", self.path, number, e)
 
     def rewrite(self, last_iteration: int) -> list[Point]:
-        """Keep only the points with iteration <= last_iteration (a resume), atomically; returns them."""
+        """Keep only the points and samples with iteration <= last_iteration (a resume),
+        atomically; returns the points."""
         kept = [p for p in self.read() if p.iteration <= last_iteration]
+        samples = [s for s in self.samples() if s.iteration <= last_iteration]
         with self._lock:
             self._close_locked()
             if not self.path.exists() and not kept:
                 return kept
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(p.json + "\n" for p in kept),
-                           encoding="utf-8")
+            tmp.write_text("".join(record.json + "\n" for record in [*kept, *samples]), encoding="utf-8")
             os.replace(tmp, self.path)
         return kept
 

@@ -29,6 +29,7 @@ from .launch import MonitorProcess
 from .metrics import TrainingMetrics, create_metrics
 from .metricslog import MetricsLog
 from .point import Point
+from .samples import Sample
 from .shared import SharedFiles
 from .trend import DebiasedEma
 from .version import VERSION
@@ -246,6 +247,16 @@ class TrainingMonitor:
             self._append(replace(last, eval_train_loss=train_loss, val_loss=val_loss))
         else:  # the usual order: eval first, then the log point of that iteration
             self._pending_eval = (int(iteration), train_loss, val_loss)
+
+    @_guarded
+    def sample(self, iteration: int, text: str, prompt: str = "", seconds: Optional[float] = None,
+               timestamp: Optional[float] = None) -> None:
+        """What the model wrote at an evaluation, for the page and /api/samples: untrusted text,
+        cut to exporter.samples.MAX_CHARS; kept in the metrics log beside the points."""
+        sample = Sample.bounded(iteration, text, prompt, time.time() if timestamp is None else timestamp, seconds)
+        self.journal.write("sample", **sample.to_json())
+        if self.metrics_log is not None:
+            self.metrics_log.append_sample(sample)
 
     @_guarded
     def checkpoint_saved(self, iteration: int, path: str = "", seconds: Optional[float] = None,

@@ -82,6 +82,8 @@ def render(monitor) -> tuple[bytes, dict[str, str]]:
         values = page_values(status, {**model, "tree": None})
 
     values["first_history"] = first_history(monitor)
+    values["samples"] = samples_html(monitor.samples)
+    values["last_sample"] = str(last.iteration) if (last := monitor.samples.newest()) is not None else ""
 
     def fill(match: re.Match) -> str:
         value = values[match.group(1)]  # a KeyError here is a typo in index.html: tests catch it
@@ -95,6 +97,28 @@ def render(monitor) -> tuple[bytes, dict[str, str]]:
         "Cache-Control": "no-store",  # the figures are live: never show a stale copy
     }
     return body, headers
+
+
+PAGE_SAMPLES = 10  # the newest, and the older ones folded under it; /api/samples has the rest
+
+
+def samples_html(samples) -> _Html:
+    """The newest sample open, older ones folded under it, every text escaped (untrusted)."""
+    found, more = samples.page(PAGE_SAMPLES)
+    if not found:
+        return _Html('<p class="muted">The model writes a sample at each evaluation; none yet.</p>')
+
+    def figure(sample) -> str:
+        prompt = f' \u00b7 prompt <q>{html.escape(sample.prompt)}</q>' if sample.prompt.strip() else ""
+        return (f'<figure class="sample" data-iteration="{sample.iteration}"><figcaption>iteration '
+                f'{html.escape(fmt_int(sample.iteration))}{prompt}</figcaption>'
+                f'<pre>{html.escape(sample.text)}</pre></figure>')
+
+    newest, older = found[0], found[1:]
+    folded = (f'<details data-testid="older-samples"><summary>{len(older)} older</summary>'
+              + "".join(figure(s) for s in older) + "</details>") if older else ""
+    everything = '<p class="hint"><a href="api/samples?limit=100">older samples as JSON</a></p>' if more else ""
+    return _Html(figure(newest) + folded + everything)
 
 
 def first_history(monitor) -> _Html:

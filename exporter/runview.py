@@ -11,6 +11,7 @@
     truncate  a (re)start without a metrics log: drop the points after `through`
     scalars   other logged values by name
     devices   per-device figures for /api/status's `gpus`
+    sample    what the model wrote at an evaluation (exporter.samples)
 
 The current iteration, which the trainer writes every step, is read from the
 rank's shared file, so the page counts steps between log points. The status
@@ -34,6 +35,7 @@ from .history import History
 from .journal import JournalReader, journal_path
 from .metricslog import MetricsLog
 from .point import Point, csv_lines
+from .samples import Sample, Samples
 from .shared import FILE_KINDS
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class RunView:
     def _reset(self) -> None:
         self.run_id, self.pid, self.pid_namespace = "run", None, None
         self.history = History()
+        self.samples = Samples()
         self.fields: dict[str, Any] = dict(STATUS_DEFAULTS)
         self.model_info: dict[str, Any] = {"model_config": {}, "parameters": {}, "tree": None}
         self.info: dict[str, str] = {}
@@ -101,6 +104,10 @@ class RunView:
             self._load_history(Path(event["metrics_log"]), int(event["through"]))
         elif kind == "truncate":
             self.history.truncate(int(event["through"]))
+            self.samples.truncate(int(event["through"]))
+        elif kind == "sample":
+            self.samples.add(Sample.from_json(event))
+            self.status_version += 1
         elif kind == "scalars":
             self.scalars.update(event.get("scalars") or {})
             self.status_version += 1
@@ -115,6 +122,10 @@ class RunView:
         for point in self.metrics_log.read():
             if point.iteration <= through:
                 self.history.append(_point_of(point))
+        self.samples = Samples()
+        for sample in self.metrics_log.samples():
+            if sample.iteration <= through:
+                self.samples.add(sample)
 
     def mark_dead(self, reason: str) -> bool:
         """The trainer's process is gone without reporting an end: the run failed. True if it was live."""
@@ -162,6 +173,8 @@ class RunView:
                           last.loss_ema if last is not None else None, time.time() if now is None else now)
         answer["gpus"] = self.gpus
         answer["scalars"] = dict(self.scalars)
+        newest = self.samples.newest()
+        answer["last_sample_iteration"] = newest.iteration if newest is not None else None
         return answer
 
     def model(self) -> dict:

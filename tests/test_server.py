@@ -183,6 +183,24 @@ def test_model_serves_the_config_counts_and_module_tree(server):
     assert body == {"model_config": MODEL, "parameters": {"total": 1000}, "tree": TREE}
 
 
+def test_samples_are_served_newest_first_a_page_at_a_time(server, monitor):
+    for iteration in (0, 250, 500):
+        monitor.sample(iteration, f"at {iteration}", prompt="\n", seconds=0.5, timestamp=1.0)
+    body = json.loads(get(server, "/api/samples?limit=2")[2])
+    assert (body["run_id"], body["rank"], body["more"]) == ("r1", 0, True)
+    assert body["samples"] == [
+        {"iteration": 500, "sample": "at 500", "prompt": "\n", "timestamp": 1.0, "seconds": 0.5},
+        {"iteration": 250, "sample": "at 250", "prompt": "\n", "timestamp": 1.0, "seconds": 0.5}]
+    older = json.loads(get(server, "/api/samples?limit=2&before=250")[2])
+    assert [s["iteration"] for s in older["samples"]] == [0] and older["more"] is False
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "before=-1"])
+def test_a_bad_samples_query_is_a_400_with_a_json_error(server, query):
+    status, _, body = get(server, f"/api/samples?{query}")
+    assert status == 400 and query.split("=")[0] in json.loads(body)["error"]
+
+
 def test_csv_export_is_an_attachment_with_one_row_per_logged_iteration(server, monitor):
     train(monitor, 4)
     _, headers, body = get(server, "/export.csv")

@@ -8,7 +8,8 @@ import socket
 import time
 from dataclasses import dataclass
 
-ROUTES = ["/", "/metrics", "/healthz", "/api/status", "/api/history", "/api/model", "/api/stream", "/export.csv"]
+ROUTES = ["/", "/metrics", "/healthz", "/api/status", "/api/history", "/api/model", "/api/stream", "/export.csv",
+          "/api/samples"]
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
 # any HTTP/d.d: the server echoes the version it was asked in (a 505 to "HTTP/2.0" says HTTP/2.0)
 STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] ([1-5][0-9][0-9]) [^\r\n]*\r\n")
