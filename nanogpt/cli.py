@@ -106,9 +106,9 @@ class MonitorObserver(events.Observer):
 
 
 def monitored_run(cfg: TrainConfig, rank: int = 0):
-    """This rank's nanogpt_monitor.MonitoredRun, opened (local rank 0 serves the node, see MonitoredRun);
-    None with --no-metrics. Rank 0 logs its history to out_dir/metrics.jsonl, rank r beside it.
-    A port in use or a bad --metrics-web-config raises ConfigError (one line, exit 2)."""
+    """This rank's MonitoredRun, opened (on local rank 0 it serves the node); None with --no-metrics.
+    Rank 0 logs its history to out_dir/metrics.jsonl, rank r to metrics.rank<r>.jsonl. A port in
+    use or a bad --metrics-web-config raises ConfigError (one line, exit 2)."""
     if cfg.no_metrics:
         return None
     from exporter import ServeError

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
 from exporter.journal import generate_run_id
@@ -231,13 +231,15 @@ class MonitoredRun:
     def _reset_span(self) -> None:
         self._span_start, self._span_tokens, self._span_steps, self._span_excluded = time.perf_counter(), 0, 0, 0.0
 
-    @_guarded
     def step(self, iteration: int, tokens: int = 0, timestamp: Optional[float] = None) -> None:
         """After every optimizer step: host numbers only, no I/O (the per-step hot path)."""
-        self.iteration = int(iteration)
-        self._span_tokens += int(tokens)
-        self._span_steps += 1
-        self.monitor.iteration(self.iteration, int(tokens), timestamp)
+        try:  # guarded inline, as _guarded does: a wrapper's call would double this method's cost
+            self.iteration = iteration
+            self._span_tokens += tokens
+            self._span_steps += 1
+            self.monitor.iteration(iteration, tokens, timestamp)
+        except Exception as e:  # monitoring must never break the training it watches
+            self.report_error("step", e)
 
     @_guarded
     def log(self, iteration: int, loss: float, lr: Optional[float] = None, grad_norm: Optional[float] = None,
