@@ -19,7 +19,7 @@ def parse_flags(description: str, argv=None) -> argparse.Namespace:
     """The flags every example takes (the metrics ones as nanogpt-train names them)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--metrics-host", default="127.0.0.1")
-    p.add_argument("--metrics-port", type=int, default=8000, help="rank 0's port (+ LOCAL_RANK); 0 = a free one")
+    p.add_argument("--metrics-port", type=int, default=8000, help="the node's monitor port; 0 = a free one")
     p.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
                    help="keep serving metrics this long after training, so the end gets scraped")
     p.add_argument("--run-id", default=None, help="default: generated")

@@ -14,11 +14,18 @@ import json
 import logging
 import math
 import os
+import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
+
+
+def generate_run_id() -> str:
+    """A time-sortable, label- and filesystem-safe id such as 20250101-120000-a1b2c3."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def run_directory(run_id: str, node: int = 0) -> Path:

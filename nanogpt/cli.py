@@ -1,10 +1,10 @@
-"""`nanogpt-train`: parse the config, join DDP under torchrun, wire the observer, train.
+"""`nanogpt-train`: parse the config, join DDP under torchrun, wire the monitor, train.
 
-The one module that may know both the trainer and the exporter: see
-build_observer. Bad input (config, data, checkpoint) ends as one line
-`error: ...` on stderr and exit code 2, never a traceback. SIGTERM and SIGINT
-stop training cleanly (see _StopSignals); exit codes are listed below and in
-docs/faults.md.
+The one module that knows both the trainer and the monitor: MonitorObserver hands
+each event of the loop to a nanogpt_monitor.MonitoredRun. Bad input (config,
+data, checkpoint, port, web config) ends as one line `error: ...` on stderr and
+exit code 2, never a traceback. SIGTERM and SIGINT stop training cleanly (see
+_StopSignals); exit codes are listed below and in docs/faults.md.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Sequence
 
 from nanogpt import events
 from nanogpt.checkpoint import CheckpointError
-from nanogpt.config import ConfigError, TrainConfig, generate_run_id, parse_args
+from nanogpt.config import ConfigError, TrainConfig, parse_args
 from nanogpt.data import DataError
 
-__all__ = ["main", "build_observer"]
+__all__ = ["main", "monitored_run", "MonitorObserver"]
 
 log = logging.getLogger("nanogpt")
 
@@ -72,137 +72,100 @@ class _StopSignals:
             time.sleep(min(left, 0.1))  # polled: a handler cannot safely wake an Event
 
 
-class _MonitorObserver(events.Observer):
-    """Hands each training event to the exporter (event field names = TrainingMonitor keywords)."""
+class MonitorObserver(events.Observer):
+    """Forwards each training event to a nanogpt_monitor.MonitoredRun, keeping nanoGPT's own figures."""
 
-    def __init__(self, monitor):
-        self.monitor = monitor
+    def __init__(self, run):
+        self.run = run
 
     def on_run_start(self, event: events.RunStart) -> None:
-        from nanogpt_monitor.model_view import describe
-
-        # fields one level deep: asdict() would deep-copy the model it must only describe
-        fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "model"}
-        self.monitor.run_started(**fields, model_tree=describe(event.model) if event.model is not None else None)
+        self.run.start(max_iterations=event.max_iterations, model=event.model, start_iteration=event.start_iteration,
+                       tokens_per_iteration=event.tokens_per_iteration, dataset=event.dataset, device=event.device,
+                       dtype=event.dtype, model_config=event.model_config, world_size=event.world_size,
+                       parameters=event.parameters, config=event.config, start_time=event.start_time)
 
     def on_iteration(self, event: events.Iteration) -> None:
-        # every step: pass the three fields directly, asdict() would copy for nothing
-        self.monitor.iteration(event.iteration, event.tokens, event.timestamp)
+        self.run.step(event.iteration, event.tokens, event.timestamp)
 
     def on_log(self, event: events.LogPoint) -> None:
-        self.monitor.log(**dataclasses.asdict(event))
+        self.run.log(event.iteration, event.loss, lr=event.lr, grad_norm=event.grad_norm,
+                     step_seconds=event.step_seconds, tokens_per_second=event.tokens_per_second, mfu=event.mfu)
 
     def on_eval(self, event: events.EvalResult) -> None:
-        self.monitor.evaluated(**dataclasses.asdict(event))
+        self.run.evaluated(event.iteration, event.val_loss, train_loss=event.train_loss, seconds=event.eval_seconds,
+                           best_val_loss=event.best_val_loss)
 
     def on_checkpoint(self, event: events.CheckpointSaved) -> None:
-        self.monitor.checkpoint_saved(**dataclasses.asdict(event))
+        self.run.checkpoint_saved(event.iteration, path=event.path, seconds=event.seconds)
 
     def on_checkpoint_failed(self, event: events.CheckpointFailed) -> None:
-        self.monitor.checkpoint_failed(**dataclasses.asdict(event))
+        self.run.checkpoint_failed(event.iteration, path=event.path, error=event.error)
 
     def on_run_end(self, event: events.RunEnd) -> None:
-        self.monitor.run_ended(**dataclasses.asdict(event))
-
-    def close(self) -> None:
-        """Stop the monitor process (when this rank started it) and close the journal and metrics log."""
-        self.monitor.close()
-
-    @property
-    def url(self) -> str | None:
-        return self.monitor.server.url if self.monitor.server is not None else None
+        self.run.end(event.iteration, event.state, event.reason)
 
 
-def build_observer(cfg: TrainConfig, rank: int, local_rank: int) -> events.Observer | None:
-    """The observer that records this rank's metrics; None with --no-metrics.
-
-    Every rank records into the node's run directory (--metrics-dir, else one per run_id under the
-    temp dir). Local rank 0 starts the node's monitor process, which serves every local rank on
-    cfg.metrics_host:cfg.metrics_port, with basic auth / TLS when --metrics-web-config names a file;
-    with --metrics-external one started separately does. Rank 0 logs its history to
-    out_dir/metrics.jsonl, rank r > 0 to out_dir/metrics.rank<r>.jsonl. A port in use raises
-    ConfigError (one line, exit 2).
-    """
+def monitored_run(cfg: TrainConfig, rank: int = 0):
+    """This rank's MonitoredRun, opened (on local rank 0 it serves the node); None with --no-metrics.
+    Rank 0 logs its history to out_dir/metrics.jsonl, rank r to metrics.rank<r>.jsonl. A port in
+    use or a bad --metrics-web-config raises ConfigError (one line, exit 2)."""
     if cfg.no_metrics:
         return None
-    from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
-    from exporter.journal import run_directory
+    from exporter import ServeError
+    from nanogpt_monitor.run import MonitoredRun
 
-    name = "metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"
-    directory = cfg.metrics_dir or run_directory(cfg.run_id, _node_rank())
-    monitor = TrainingMonitor(run_id=cfg.run_id, rank=rank, directory=directory,
-                              metrics_log=os.path.join(cfg.out_dir, name), node=_node_rank())
-    # device health of this rank's GPU, read at log points (nothing without CUDA)
-    from nanogpt_monitor.gpu import register_gpu_collector
-
-    register_gpu_collector(monitor, devices=[cfg.device])
-    if local_rank == 0 and not cfg.metrics_external:
-        try:
-            if cfg.metrics_web_config:
-                load_web_config(cfg.metrics_web_config)  # a bad file is one line now, not the monitor's
-            linger = linger_seconds(cfg, rank)
-            monitor.serve(host=cfg.metrics_host, port=cfg.metrics_port, web_config=cfg.metrics_web_config or None,
-                          linger=linger, remove_dir=not cfg.metrics_dir)
-        except (ServeError, WebConfigError) as e:
-            monitor.discard()
-            raise ConfigError(str(e)) from None
-        # printed, not logged: ranks > 0 log only warnings, and tests read the URL
-        prefix = f"[rank {rank}] " if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
-        print(f"{prefix}metrics: {monitor.server.url}/metrics", flush=True)
-    return _MonitorObserver(monitor)
+    run = MonitoredRun(run_id=cfg.run_id, host=cfg.metrics_host, port=cfg.metrics_port,
+                       metrics_log=os.path.join(cfg.out_dir, "metrics.jsonl"), linger_seconds=linger_seconds(cfg, rank),
+                       web_config=cfg.metrics_web_config or None, directory=cfg.metrics_dir or None,
+                       external=cfg.metrics_external, devices=[cfg.device])
+    try:
+        run.open()
+    except ServeError as e:
+        raise ConfigError(str(e)) from None
+    return run
 
 
-def _node_rank() -> int:
-    """The node's rank under torchrun (GROUP_RANK), 0 alone."""
-    return int(os.environ.get("GROUP_RANK", 0) or 0)
-
-
-def _setup_logging(rank: int, world_size: int) -> None:
-    prefix = f"[rank {rank}] " if world_size > 1 else ""
+def _setup_logging(where) -> None:
     handler = logging.StreamHandler(sys.stdout)  # flushes after every record
-    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    handler.setFormatter(logging.Formatter(where.prefix + "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)  # other ranks: only problems
+    root.setLevel(logging.INFO if where.rank == 0 else logging.WARNING)  # other ranks: only problems
 
 
-def _init_distributed(cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
-    """Join the process group when torchrun started us; returns (cfg, rank, local_rank)."""
+def _init_distributed(cfg: TrainConfig, local_rank: int) -> TrainConfig:
+    """Join the process group torchrun set up for us (a GPU per local rank); returns the config."""
     import torch
     import torch.distributed as dist
 
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if use_cuda:
         cfg = dataclasses.replace(cfg, device=f"cuda:{local_rank}")
         torch.cuda.set_device(cfg.device)
     dist.init_process_group(backend=backend)
-    # every rank must label its metrics with the same run id: rank 0 decides
-    run_id = [cfg.run_id or generate_run_id()]
-    dist.broadcast_object_list(run_id, src=0)
-    return dataclasses.replace(cfg, run_id=run_id[0]), rank, local_rank
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `nanogpt-train` and `python -m nanogpt`; returns the exit code."""
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", 0)) if distributed else 0
-    _setup_logging(rank, int(os.environ.get("WORLD_SIZE", 1)) if distributed else 1)
     try:
         cfg = parse_args(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from nanogpt.train import StopRequest  # torch loads only once the arguments are known to be good
+    from nanogpt_monitor.run import process_rank
 
+    where = process_rank()
+    _setup_logging(where)
     signals = _StopSignals(StopRequest())
     signals.install()
     try:
-        code = _run(cfg, distributed, rank, signals)
+        code = _run(cfg, where, signals)
     finally:
         signals.restore()
-    if distributed:
+    if where.launched:
         # everything is written, the process group destroyed and the server closed: leave without
         # interpreter finalisation, where gloo's C++ threads, torn down after Python, now and then
         # abort a rank that finished cleanly ("terminate called without an active exception")
@@ -213,32 +176,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) -> int:
+def _run(cfg: TrainConfig, where, signals: _StopSignals) -> int:
     """Join DDP, serve metrics, train, print the summary, linger; returns the exit code."""
     from nanogpt.train import OutOfMemory, train
+    from nanogpt_monitor.run import shared_run_id
 
-    local_rank, trained, observer = 0, False, None
+    trained, run = False, None
     try:
-        if distributed:
-            cfg, rank, local_rank = _init_distributed(cfg)
-        elif not cfg.run_id:
-            cfg = dataclasses.replace(cfg, run_id=generate_run_id())
+        if where.launched:
+            cfg = _init_distributed(cfg, where.local_rank)
+        cfg = dataclasses.replace(cfg, run_id=shared_run_id(cfg.run_id))  # every rank labels with rank 0's
         log.info("run_id: %s", cfg.run_id)
-        observer = None if cfg.no_metrics else build_observer(cfg, rank, local_rank)
-        result = train(cfg, observer, signals.stop)
+        run = monitored_run(cfg, where.rank)
+        result = train(cfg, MonitorObserver(run) if run is not None else None, signals.stop)
         trained = True
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        _linger_and_close(run, 0.0, signals)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
+        _linger_and_close(run, 0.0, signals)
         return 130
     except OutOfMemory as e:  # state "failed" is already reported; the last checkpoint is untouched
         print(f"error: {e}", file=sys.stderr)
-        _linger_and_close(observer, cfg, signals, rank)
+        _linger_and_close(run, linger_seconds(cfg, where.rank, bool(signals.received)), signals)
         return EXIT_FAILED_RUN
     finally:
-        if distributed:
+        if where.launched:
             import torch.distributed as dist
 
             if dist.is_initialized():
@@ -250,9 +215,9 @@ def _run(cfg: TrainConfig, distributed: bool, rank: int, signals: _StopSignals) 
     summary = (f"run {result.run_id} {result.state}{': ' + result.reason if result.reason else ''}: "
                f"iteration {result.iteration}, params sha256 {result.param_digest}")  # fmt: skip
     # one write() per line: ranks share torchrun's stdout, and print() may write text and newline apart
-    sys.stdout.write(f"[rank {rank}] {summary}\n" if distributed else f"{summary}\n")
+    sys.stdout.write(f"{where.prefix}{summary}\n")
     sys.stdout.flush()
-    _linger_and_close(observer, cfg, signals, rank)
+    _linger_and_close(run, linger_seconds(cfg, where.rank, bool(signals.received)), signals)
     if result.stopped:
         return signals.exit_code()
     return 0 if result.state == "finished" else EXIT_FAILED_RUN
@@ -274,19 +239,11 @@ def _on_terminal() -> bool:
         return False
 
 
-def _linger_and_close(observer, cfg: TrainConfig, signals: _StopSignals, rank: int) -> None:
-    """Keep serving for linger_seconds() (so the final state gets scraped or seen), then stop."""
-    seconds = linger_seconds(cfg, rank, bool(signals.received)) if observer is not None else 0.0
-    if observer is not None and observer.url is None:
-        seconds = 0.0  # this rank serves nothing: the node's monitor is local rank 0's
-    if seconds == math.inf:
-        log.info("run finished; page stays at %s/ until Ctrl-C", observer.url)
-    elif seconds > 0:
-        log.info("serving metrics for %.0f more seconds (a signal ends this)", seconds)
-    if seconds > 0:
-        signals.linger(seconds)
-    if observer is not None:
-        observer.close()
+def _linger_and_close(run, seconds: float, signals: _StopSignals) -> None:
+    """Keep the page `seconds` more where this rank serves it (so the final state gets scraped or
+    seen; a signal ends the wait within 0.1 s), then stop the monitor and close the records."""
+    if run is not None:
+        run.close(linger_seconds=seconds, wait=signals.linger)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import secrets
-import time
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "parse_args", "build_config", "validate", "generate_run_id",
-           "field_kind"]
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "parse_args", "build_config", "validate", "field_kind"]
 
 
 class ConfigError(ValueError):
@@ -77,7 +74,7 @@ class TrainConfig:
     # where the run's figures are recorded for the monitor; '' = a per-run folder under the temp dir
     metrics_dir: str = ""
     metrics_external: bool = False  # a monitor started separately (nanogpt-monitor serve) serves metrics_dir
-    run_id: str = ""  # '' = generate one
+    run_id: str = ""  # '' = nanogpt-train generates one
     no_metrics: bool = False
     # seconds to keep serving after training ends; None (not given) = until Ctrl-C when started from
     # a terminal, else 0 (see nanogpt.cli.linger_seconds)
@@ -114,11 +111,6 @@ _POSITIVE = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulati
              "batch_size", "block_size", "n_layer", "n_head", "n_embd")  # fmt: skip
 _NON_NEGATIVE = ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr",
                  "weight_decay", "grad_clip", "peak_flops", "metrics_linger")  # fmt: skip
-
-
-def generate_run_id() -> str:
-    """A time-sortable, label- and filesystem-safe id such as 20250101-120000-a1b2c3."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def field_kind(field: dataclasses.Field) -> str:

@@ -3,8 +3,7 @@
 Stdlib only: the loop builds these plain dataclasses from Python numbers it
 already holds on the host (no tensors, no extra device syncs), and hands them
 to an observer. The loop never knows who listens; `nanogpt.cli` wires the
-exporter in. Field names match the keyword arguments of
-`exporter.TrainingMonitor`, so an adapter can pass `dataclasses.asdict(event)`.
+monitor in.
 """
 
 from __future__ import annotations
@@ -125,20 +124,59 @@ class Observer:
     def on_run_end(self, event: RunEnd) -> None: ...
 
 
-class SafeObserver:
-    """How the loop calls its observer: `notify("on_log", event)`. An exception is logged once per
-    method and never stops training (nor does a missing observer: then nothing is called)."""
+class SafeObserver(Observer):
+    """The observer as the loop calls it: each event goes on to `observer` (nowhere when it is None);
+    an exception there is logged once per method and never stops training."""
 
     def __init__(self, observer: Observer | None):
-        self._observer = observer
+        self._observer = observer if observer is not None else Observer()
         self._failed: set[str] = set()
 
-    def __call__(self, method: str, event: object) -> None:
-        if self._observer is None:
-            return
+    def _raised(self, method: str) -> None:
+        if method not in self._failed:
+            self._failed.add(method)
+            _log.exception("observer.%s raised; training goes on (further errors from it are not logged)", method)
+
+    # one method per event, spelled out: "go to definition" leads from the loop to the observer's own
+
+    def on_run_start(self, event: RunStart) -> None:
         try:
-            getattr(self._observer, method)(event)
+            self._observer.on_run_start(event)
         except Exception:
-            if method not in self._failed:
-                self._failed.add(method)
-                _log.exception("observer.%s raised; training goes on (further errors from it are not logged)", method)
+            self._raised("on_run_start")
+
+    def on_iteration(self, event: Iteration) -> None:
+        try:
+            self._observer.on_iteration(event)
+        except Exception:
+            self._raised("on_iteration")
+
+    def on_log(self, event: LogPoint) -> None:
+        try:
+            self._observer.on_log(event)
+        except Exception:
+            self._raised("on_log")
+
+    def on_eval(self, event: EvalResult) -> None:
+        try:
+            self._observer.on_eval(event)
+        except Exception:
+            self._raised("on_eval")
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        try:
+            self._observer.on_checkpoint(event)
+        except Exception:
+            self._raised("on_checkpoint")
+
+    def on_checkpoint_failed(self, event: CheckpointFailed) -> None:
+        try:
+            self._observer.on_checkpoint_failed(event)
+        except Exception:
+            self._raised("on_checkpoint_failed")
+
+    def on_run_end(self, event: RunEnd) -> None:
+        try:
+            self._observer.on_run_end(event)
+        except Exception:
+            self._raised("on_run_end")

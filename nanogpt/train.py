@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt import events
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
-from nanogpt.config import ConfigError, TrainConfig, generate_run_id, validate
+from nanogpt.config import ConfigError, TrainConfig, validate
 from nanogpt.data import CharDataset, get_batch, load_dataset
 from nanogpt.device import (autocast, known_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
                             synchronize)
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class TrainResult:
     """What train() returns: how the run ended and the figures a caller may want."""
 
-    run_id: str
+    run_id: str  # the config's ('' when the caller named none; nanogpt-train always does)
     state: str  # "finished" or "failed"
     reason: str  # why it failed; "" when finished
     iteration: int  # the last iteration trained (the start iteration if none was)
@@ -138,11 +138,11 @@ def _save(cfg: TrainConfig, state: dict, iter_num: int, notify: events.SafeObser
         save_checkpoint(state, path)
     except (OSError, RuntimeError) as e:
         log.error("error: could not save checkpoint to %s (%s); the previous one is kept, training goes on", path, e)
-        notify("on_checkpoint_failed", events.CheckpointFailed(iter_num, str(path), str(e), time.time()))
+        notify.on_checkpoint_failed(events.CheckpointFailed(iter_num, str(path), str(e), time.time()))
         return False
     seconds = time.perf_counter() - t0
     log.info("saved checkpoint to %s (%.2fs)", path, seconds)
-    notify("on_checkpoint", events.CheckpointSaved(iter_num, str(path), seconds, time.time()))
+    notify.on_checkpoint(events.CheckpointSaved(iter_num, str(path), seconds, time.time()))
     return True
 
 
@@ -162,7 +162,6 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     cfg = config
     validate(cfg)
     notify = events.SafeObserver(observer)
-    run_id = cfg.run_id or generate_run_id()
     ddp = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     node = int(os.environ.get("GROUP_RANK", 0)) if ddp else 0  # torchrun's node rank (multi-node runs)
@@ -218,8 +217,8 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     peak_flops = cfg.peak_flops or known_peak_flops(device, dtype)  # None: MFU is no figure here
 
     start_iter, start_time = iter_num, time.time()
-    notify("on_run_start", events.RunStart(
-        run_id=run_id, rank=rank, world_size=world_size, start_iteration=start_iter,
+    notify.on_run_start(events.RunStart(
+        run_id=cfg.run_id, rank=rank, world_size=world_size, start_iteration=start_iter,
         max_iterations=cfg.max_iters, tokens_per_iteration=tokens_per_iter, model_config=dict(model_args),
         parameters=raw_model.parameter_counts(), dataset=data.name, device=str(device), dtype=dtype,
         config=cfg.to_dict(), start_time=start_time, node=node,
@@ -244,7 +243,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                          iter_num, losses["train"], losses["val"], eval_seconds)  # fmt: skip
                 improved = losses["val"] < best_val_loss
                 best_val_loss = min(best_val_loss, losses["val"])  # nanoGPT overwrites it under always_save
-                notify("on_eval", events.EvalResult(iter_num, losses["train"], losses["val"], best_val_loss,
+                notify.on_eval(events.EvalResult(iter_num, losses["train"], losses["val"], best_val_loss,
                                                     eval_seconds, time.time()))  # fmt: skip
                 if not math.isfinite(losses["val"]):
                     log.warning("not saving a checkpoint: val loss is %s", losses["val"])
@@ -279,7 +278,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             span_steps += 1
-            notify("on_iteration", events.Iteration(iter_num, tokens_per_iter, time.time()))
+            notify.on_iteration(events.Iteration(iter_num, tokens_per_iter, time.time()))
 
             if logged:
                 lossf = loss.item() * gas  # CPU-GPU sync point, as in nanoGPT
@@ -293,7 +292,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                     mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else "n/a"
                     log.info("iter %d: loss %.4f, time %.2fms, tok/s %.0f, mfu %s, eta %s", iter_num, lossf,
                              step_seconds * 1000, tokens_per_iter / step_seconds, mfu_text, eta)  # fmt: skip
-                notify("on_log", events.LogPoint(
+                notify.on_log(events.LogPoint(
                     iteration=iter_num, loss=lossf, lr=lr, step_seconds=step_seconds,
                     tokens_per_second=tokens_per_iter / step_seconds, grad_norm=grad_normf, mfu=mfu,
                     elapsed_seconds=time.time() - start_time, timestamp=time.time()))  # fmt: skip
@@ -319,13 +318,13 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
         oom = isinstance(e, torch.cuda.OutOfMemoryError)  # say how far over it went, in one line
         reason = (out_of_memory_reason(e, device, iter_num, (cfg.batch_size, cfg.block_size), gas) if oom
                   else f"{type(e).__name__}: {e}")
-        notify("on_run_end", events.RunEnd(max(start_iter, iter_num - 1), "failed", reason, time.time()))
+        notify.on_run_end(events.RunEnd(max(start_iter, iter_num - 1), "failed", reason, time.time()))
         if oom:
             raise OutOfMemory(reason) from e
         raise
     last_iter = max(start_iter, iter_num - 1)
-    notify("on_run_end", events.RunEnd(last_iter, state, reason, time.time()))
-    return TrainResult(run_id=run_id, state=state, reason=reason, iteration=last_iter, iterations_run=local_iter,
+    notify.on_run_end(events.RunEnd(last_iter, state, reason, time.time()))
+    return TrainResult(run_id=cfg.run_id, state=state, reason=reason, iteration=last_iter, iterations_run=local_iter,
                        last_loss=lossf, best_val_loss=best_val_loss, checkpoint_errors=checkpoint_errors,
                        param_digest=_param_digest(raw_model), stopped=stopped)  # fmt: skip
 

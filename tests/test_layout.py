@@ -1,5 +1,6 @@
 """The codebase's shape, read from the source with `ast`: no import cycles, the exporter free of
-torch, the training loop free of the exporter, and no module grown into two.
+torch, the training loop free of the exporter, no module grown into two, and the one adapter's
+rules written once.
 
 Every import counts: at module level, inside functions, under `if TYPE_CHECKING:` and under
 `if __name__ == "__main__":`, since each is an edge a reader has to follow.
@@ -8,6 +9,7 @@ Every import counts: at module level, inside functions, under `if TYPE_CHECKING:
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +139,30 @@ def test_python_m_nanogpt_train_trains_nothing_and_names_the_entry_point():
                             text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: run `python -m nanogpt` or `nanogpt-train`"
+
+
+ADAPTER_TREES = ("nanogpt", "exporter", "nanogpt_monitor", "examples", "bench", "scripts")
+
+
+def lines_matching(pattern: str) -> list[str]:
+    """`path:line` of every line of Python in ADAPTER_TREES that matches `pattern`."""
+    return [f"{path.relative_to(REPO)}:{number}"
+            for tree in ADAPTER_TREES for path in sorted((REPO / tree).rglob("*.py"))
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+            if re.search(pattern, line)]
+
+
+@pytest.mark.parametrize("what, pattern, home", [
+    ("the run-id generator", r"def generate_run_id\b", "exporter/journal.py"),
+    ("the run-id broadcast across ranks", r"broadcast_object_list\(", "nanogpt_monitor/run.py"),
+    ("the rank rule (the local rank read from the environment)", r"[\"']LOCAL_RANK[\"']", "nanogpt_monitor/run.py"),
+    ("the `metrics: URL` line", r"metrics: \{", "nanogpt_monitor/run.py"),
+])
+def test_the_adapter_s_rules_are_written_once(what, pattern, home):
+    found = lines_matching(pattern)
+    assert len(found) == 1 and found[0].startswith(home + ":"), f"{what}: expected once in {home}, found {found}"
+
+
+def test_the_rule_finder_finds_each_line_it_is_asked_for():
+    assert lines_matching(r"def lines_matching") == []  # tests/ is not searched
+    assert len(lines_matching(r"^def process_rank\(")) == 1

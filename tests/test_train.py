@@ -120,6 +120,32 @@ def test_an_observer_that_raises_is_logged_once_and_training_goes_on(tmp_path, c
     assert len([r for r in caplog.records if "observer.on_iteration raised" in r.message]) == 1
 
 
+def test_the_safe_observer_is_an_observer_that_guards_every_method_of_one():
+    hooks = {name for name in vars(events.Observer) if name.startswith("on_")}
+    assert issubclass(events.SafeObserver, events.Observer)
+    assert hooks and hooks <= set(vars(events.SafeObserver))  # none left to the base's silent no-op
+
+
+def test_the_safe_observer_passes_each_event_on_and_logs_a_failing_method_once(caplog):
+    class HalfBroken(Recorder):
+        def on_log(self, event):
+            raise RuntimeError("observer bug")
+
+    observer = HalfBroken()
+    safe = events.SafeObserver(observer)
+    end = events.RunEnd(1, "finished")
+    for _ in range(2):
+        safe.on_log(None)
+        safe.on_run_end(end)
+    assert observer.of("on_run_end") == [end, end]
+    assert len([r for r in caplog.records if "observer.on_log raised" in r.message]) == 1
+
+
+def test_without_an_observer_the_safe_observer_calls_nothing_and_logs_nothing(caplog):
+    events.SafeObserver(None).on_run_end(events.RunEnd(1, "finished"))
+    assert caplog.records == []
+
+
 def test_an_exception_in_the_loop_ends_the_run_failed_and_propagates(tmp_path):
     class CtrlC(Recorder):
         def on_iteration(self, event):
@@ -172,14 +198,15 @@ def test_a_failed_checkpoint_save_is_logged_and_training_goes_on(tmp_path, caplo
 
 
 def test_the_wiring_describes_the_model_the_loop_hands_over(tmp_path):
-    from exporter import TrainingMonitor
-    from nanogpt.cli import _MonitorObserver
+    from nanogpt.cli import MonitorObserver
+    from nanogpt_monitor.run import MonitoredRun
 
     from tests.support.recorded import read_back
 
-    monitor = TrainingMonitor(run_id="r1", rank=0, directory=tmp_path / "run")
-    train(tiny_config(tmp_path, max_iters=0, run_id="r1"), _MonitorObserver(monitor))
-    model = read_back(monitor).view(0).model()
+    run = MonitoredRun(run_id="r1", directory=tmp_path / "run", external=True)  # recorded, not served
+    train(tiny_config(tmp_path, max_iters=0, run_id="r1"), MonitorObserver(run))
+    model = read_back(run.monitor).view(0).model()
     tree = model["tree"]
     assert (tree["type"], tree["parameters"]) == ("GPT", model["parameters"]["total"])
     assert "transformer" in [child["name"] for child in tree["children"]]
+    run.close()
