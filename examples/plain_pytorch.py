@@ -27,6 +27,17 @@ def evaluate(model: TinyLM, batches) -> float:
     return loss
 
 
+@torch.no_grad()
+def write(model: TinyLM, prompt: bytes, length: int, block_size: int) -> str:
+    """`length` bytes after `prompt`, the likeliest each time: what the page shows the model writing."""
+    model.eval()
+    idx = torch.tensor([list(prompt)])
+    for _ in range(length):
+        idx = torch.cat([idx, model(idx[:, -block_size:])[:, -1].argmax(-1, keepdim=True)], dim=1)
+    model.train()
+    return bytes(idx[0].tolist()).decode("utf-8", errors="replace")
+
+
 def main(argv=None) -> int:
     args = parse_flags("Plain PyTorch loop with nanogpt-monitor's MonitoredRun.", argv)
     torch.manual_seed(0)
@@ -62,6 +73,9 @@ def main(argv=None) -> int:
             if step % args.eval_every == 0:
                 started = time.perf_counter()
                 run.evaluated(step, val_loss=evaluate(model, val_batches), seconds=time.perf_counter() - started)
+                started = time.perf_counter()
+                run.sample(step, write(model, b"The ", 48, args.block_size), prompt="The ",
+                           seconds=time.perf_counter() - started)
             if step % args.save_every == 0:
                 started, path = time.perf_counter(), os.path.join(args.out_dir, "model.pt")
                 torch.save(model.state_dict(), path)

@@ -101,6 +101,9 @@ class MonitorObserver(events.Observer):
     def on_checkpoint_failed(self, event: events.CheckpointFailed) -> None:
         self.run.checkpoint_failed(event.iteration, path=event.path, error=event.error)
 
+    def on_sample(self, event: events.Sample) -> None:
+        self.run.sample(event.iteration, event.text, prompt=event.prompt, seconds=event.seconds)
+
     def on_run_end(self, event: events.RunEnd) -> None:
         self.run.end(event.iteration, event.state, event.reason)
 

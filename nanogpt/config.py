@@ -66,6 +66,10 @@ class TrainConfig:
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'; CPU always trains in float32
     compile: bool = False  # torch.compile the model (nanoGPT's default is True; here opt-in: slow to start on CPU)
     seed: int = 1337  # each DDP rank uses seed + rank
+    # what the model writes, shown on the live page: characters generated at each eval from
+    # sample_prompt with a fixed seed, outside the timed steps (0 = no sample)
+    sample_chars: int = 200
+    sample_prompt: str = "\n"
     peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0 = the known peak of NVIDIA GPUs in bf16/fp16, else no MFU
     preset: str = "cpu-small"  # named base config, see PRESETS
     # metrics (read by the CLI's exporter wiring, not by the loop)
@@ -110,7 +114,7 @@ _CHOICES = {
 _POSITIVE = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps",
              "batch_size", "block_size", "n_layer", "n_head", "n_embd")  # fmt: skip
 _NON_NEGATIVE = ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr",
-                 "weight_decay", "grad_clip", "peak_flops", "metrics_linger")  # fmt: skip
+                 "weight_decay", "grad_clip", "peak_flops", "metrics_linger", "sample_chars")  # fmt: skip
 
 
 def field_kind(field: dataclasses.Field) -> str:

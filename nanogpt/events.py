@@ -93,6 +93,17 @@ class CheckpointFailed:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """After an evaluation on rank 0: what the model writes from a fixed prompt and seed."""
+
+    iteration: int
+    text: str  # the prompt and what the model wrote after it
+    prompt: str
+    seconds: float  # generating it (left out of the step time, like the eval)
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class RunEnd:
     """Once, when the loop ends: state is "finished" or "failed"."""
 
@@ -120,6 +131,8 @@ class Observer:
     def on_checkpoint(self, event: CheckpointSaved) -> None: ...
 
     def on_checkpoint_failed(self, event: CheckpointFailed) -> None: ...
+
+    def on_sample(self, event: Sample) -> None: ...
 
     def on_run_end(self, event: RunEnd) -> None: ...
 
@@ -174,6 +187,12 @@ class SafeObserver(Observer):
             self._observer.on_checkpoint_failed(event)
         except Exception:
             self._raised("on_checkpoint_failed")
+
+    def on_sample(self, event: Sample) -> None:
+        try:
+            self._observer.on_sample(event)
+        except Exception:
+            self._raised("on_sample")
 
     def on_run_end(self, event: RunEnd) -> None:
         try:

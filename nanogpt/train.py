@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nanogpt import events
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
 from nanogpt.config import ConfigError, TrainConfig, validate
-from nanogpt.data import CharDataset, get_batch, load_dataset
+from nanogpt.data import CharDataset, DataError, get_batch, load_dataset
 from nanogpt.device import (autocast, known_peak_flops, out_of_memory_reason, resolve_device, resolve_dtype,
                             synchronize)
 from nanogpt.model import GPT, GPTConfig
@@ -103,6 +103,35 @@ def estimate_loss(
         out[split] = losses.mean().item()  # one sync per split
     model.train()
     return out
+
+
+@torch.no_grad()
+def write_sample(model, data: CharDataset, cfg: TrainConfig, prompt: str, device: torch.device, ctx,
+                 iter_num: int) -> events.Sample:
+    """cfg.sample_chars characters after `prompt`, as nanogpt-sample writes them (temperature 0.8,
+    top-k 200), from seed cfg.seed every time. The RNG of training is forked and restored, so
+    the run's batches, dropout and loss curve are what they would be without a sample."""
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(cfg.seed)
+        model.eval()
+        x = torch.tensor([data.encode(prompt)], dtype=torch.long, device=device)
+        with ctx:
+            y = model.generate(x, cfg.sample_chars, temperature=0.8, top_k=200)
+        model.train()
+    return events.Sample(iter_num, data.decode(y[0].tolist()), prompt, time.perf_counter() - t0, time.time())
+
+
+def _sample_prompt(cfg: TrainConfig, data: CharDataset) -> str:
+    """The prompt to sample from; one with characters the data lacks is a ConfigError before training
+    (the default newline, in a text without one, becomes the text's first character)."""
+    try:
+        data.encode(cfg.sample_prompt)
+        return cfg.sample_prompt
+    except DataError as e:
+        if cfg.sample_prompt == TrainConfig.sample_prompt and len(data.train):
+            return data.decode([int(data.train[0])])
+        raise ConfigError(f"sample_prompt: {e}; give another or --sample_chars 0") from None
 
 
 def _param_digest(model: torch.nn.Module) -> str:
@@ -185,6 +214,7 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     ctx = autocast(device, dtype)
 
     data = load_dataset(cfg.dataset, cfg.data_file, cfg.block_size, cfg.data_cache_dir)
+    prompt = _sample_prompt(cfg, data) if cfg.sample_chars else ""
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                       bias=cfg.bias, vocab_size=data.vocab_size, dropout=cfg.dropout)  # fmt: skip
     checkpoint = None
@@ -245,6 +275,8 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                 best_val_loss = min(best_val_loss, losses["val"])  # nanoGPT overwrites it under always_save
                 notify.on_eval(events.EvalResult(iter_num, losses["train"], losses["val"], best_val_loss,
                                                     eval_seconds, time.time()))  # fmt: skip
+                if cfg.sample_chars:
+                    notify.on_sample(write_sample(raw_model, data, cfg, prompt, device, ctx, iter_num))
                 if not math.isfinite(losses["val"]):
                     log.warning("not saving a checkpoint: val loss is %s", losses["val"])
                 elif (improved or cfg.always_save_checkpoint) and iter_num > 0:

@@ -284,6 +284,14 @@ class MonitoredRun:
         self.monitor.checkpoint_failed(iteration=int(iteration), path=str(path), error=str(error))
 
     @_guarded
+    def sample(self, iteration: int, text: str, prompt: str = "", seconds: Optional[float] = None) -> None:
+        """What the model wrote (at an evaluation, say), for the page and /api/samples; `seconds`,
+        the time generating it took, is left out of the step time."""
+        if seconds:
+            self._span_excluded += float(seconds)
+        self.monitor.sample(iteration=int(iteration), text=str(text), prompt=str(prompt), seconds=seconds)
+
+    @_guarded
     def end(self, iteration: Optional[int] = None, state: str = "finished", reason: str = "") -> None:
         """Once, when training ends ("finished" or "failed"); later calls do nothing."""
         if self.monitor is None or self.ended or self.closed:

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")  # the test extra installs it (pyproject)
 
 from nanogpt_monitor.hf import MonitorCallback  # noqa: E402
+from tests.support.procs import http_json  # noqa: E402
 from tests.support.recorded import Served  # noqa: E402
 
 VOCAB, SEQ, BATCH, STEPS = 64, 16, 4, 6
@@ -30,6 +31,20 @@ class RandomTokens(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
+class WriteSample(transformers.TrainerCallback):
+    """What docs/loops.md shows: the user's own callback generates at each evaluation and hands the
+    text to the monitor's run (the adapter generates nothing of its own)."""
+
+    def __init__(self, monitor: MonitorCallback):
+        self.monitor = monitor
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            ids = model.generate(torch.zeros((1, 1), dtype=torch.long), max_new_tokens=8, do_sample=False,
+                                 pad_token_id=0)
+        self.monitor.run.sample(state.global_step, " ".join(map(str, ids[0].tolist())))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(callback, trainer) after STEPS steps, logging every 2, evaluating and saving every 3."""
@@ -44,7 +59,7 @@ def trained(tmp_path_factory):
         disable_tqdm=True, learning_rate=1e-3, lr_scheduler_type="constant", max_grad_norm=1.0)
     callback = MonitorCallback(run_id="hf-test", port=0)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTokens(64, 1),
-                                   eval_dataset=RandomTokens(8, 2), callbacks=[callback])
+                                   eval_dataset=RandomTokens(8, 2), callbacks=[callback, WriteSample(callback)])
     trainer.train()
     yield callback, trainer
     callback.run.close(linger_seconds=0)
@@ -73,6 +88,12 @@ def test_logged_loss_lr_and_grad_norm_are_the_trainer_s(trained):
     assert value(callback, "nanogpt_grad_norm") == pytest.approx(last["grad_norm"])
     assert value(callback, "nanogpt_logged_loss_count") == STEPS / 2
     assert value(callback, "nanogpt_logged_scalar", key="epoch") == pytest.approx(last["epoch"])
+
+
+def test_a_sample_handed_over_at_each_evaluation_is_served(trained):
+    answer = http_json(trained[0].run.url + "/api/samples")
+    assert [s["iteration"] for s in answer["samples"]] == [6, 3]
+    assert all(len(s["sample"].split()) == 9 for s in answer["samples"])  # the start token and 8 more
 
 
 def test_tokens_per_second_is_logged(trained):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from nanogpt import events
-from nanogpt.config import build_config
+from nanogpt.config import ConfigError, build_config
 from nanogpt.train import get_lr, train
 from tests.support.procs import corpus_vocab_size, tiny_shakespeare
 from tests.support.faulty_train import injected
@@ -59,7 +59,7 @@ def test_the_observer_hears_every_event_in_order(tmp_path):
     expected = [("on_run_start", None)]
     for it in range(21):
         if it % 10 == 0:
-            expected.append(("on_eval", it))
+            expected.extend([("on_eval", it), ("on_sample", it)])
             if it > 0:
                 expected.append(("on_checkpoint", it))
         expected.append(("on_iteration", it))
@@ -195,6 +195,41 @@ def test_a_failed_checkpoint_save_is_logged_and_training_goes_on(tmp_path, caplo
     assert result.state == "finished" and result.checkpoint_errors == 2
     assert rec.of("on_checkpoint") == []
     assert "could not save checkpoint" in caplog.text
+
+
+def test_each_eval_writes_a_sample_from_the_prompt_of_the_asked_length(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, sample_chars=30, sample_prompt="The "), rec)
+    samples = rec.of("on_sample")
+    assert [s.iteration for s in samples] == [e.iteration for e in rec.of("on_eval")] == [0, 10, 20]
+    assert all(s.text.startswith("The ") and len(s.text) == 4 + 30 and s.prompt == "The " for s in samples)
+    assert all(s.seconds > 0 for s in samples)
+
+
+def test_sampling_leaves_the_training_exactly_as_it_would_be_without(tmp_path):
+    with_samples = train(tiny_config(tmp_path / "a", sample_chars=50, dropout=0.1), Recorder())
+    without = train(tiny_config(tmp_path / "b", sample_chars=0, dropout=0.1), Recorder())
+    assert with_samples.param_digest == without.param_digest  # same batches, dropout masks and updates
+
+
+def test_the_same_weights_write_the_same_sample(tmp_path):
+    first, second = Recorder(), Recorder()
+    train(tiny_config(tmp_path / "a", max_iters=0), first)
+    train(tiny_config(tmp_path / "b", max_iters=0), second)
+    assert first.of("on_sample")[0].text == second.of("on_sample")[0].text
+
+
+def test_no_sample_is_written_with_sample_chars_0(tmp_path):
+    rec = Recorder()
+    train(tiny_config(tmp_path, sample_chars=0), rec)
+    assert rec.of("on_sample") == []
+
+
+def test_a_prompt_with_characters_the_data_lacks_is_a_config_error_before_training(tmp_path):
+    rec = Recorder()
+    with pytest.raises(ConfigError, match="sample_prompt: characters '\\u2603' are not in the vocabulary"):
+        train(tiny_config(tmp_path, sample_prompt="\u2603"), rec)
+    assert rec.events == []
 
 
 def test_the_wiring_describes_the_model_the_loop_hands_over(tmp_path):

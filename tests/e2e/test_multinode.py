@@ -1,7 +1,7 @@
 """End to end: a multi-node torchrun run on one machine, 2 "nodes" x 2 CPU processes (gloo, c10d rendezvous).
 
 Each node is its own `torchrun --nnodes=2 --node_rank=N` process, as on two hosts; on one machine the
-nodes take distinct base ports (rank k of a node serves on its --metrics-port + LOCAL_RANK k). A real
+nodes take distinct ports (each node's monitor serves all its ranks on its --metrics-port). A real
 Prometheus discovers the four ranks through file_sd target groups that carry Kubernetes-style target
 labels (namespace, pod, node), as a PodMonitor would add. The same global batch on one node (4
 processes) must give the same loss curve and the same final weights, bit for bit.

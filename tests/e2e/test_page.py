@@ -299,6 +299,21 @@ def test_tabbing_to_a_part_of_the_diagram_shows_its_details_without_script(monit
     assert box is not None and box["width"] <= 360
 
 
+def test_a_new_sample_shows_without_a_reload_and_its_text_stays_text(monitor, server, page_factory):
+    monitor.sample(0, "first words")
+    page, _ = page_factory()
+    page.goto(server.url + "/")
+    expect(page.get_by_test_id("connection")).to_have_text("live")  # following the stream
+    samples = page.get_by_test_id("samples")
+    expect(samples.locator("figure.sample").first).to_contain_text("first words")
+    monitor.sample(250, "<b>bold?</b>\nsecond line")
+    newest = samples.locator("figure.sample").first
+    expect(newest).to_contain_text("iteration 250")
+    expect(newest.locator("pre")).to_have_text("<b>bold?</b>\nsecond line")
+    assert samples.locator("b").count() == 0  # the model's text is never markup
+    expect(page.get_by_test_id("older-samples")).to_contain_text("1 older")
+
+
 def test_a_page_served_before_the_run_started_gets_the_tree(page_factory, tmp_path):
     monitor = TrainingMonitor(run_id="page-test", rank=0, directory=tmp_path / "run")
     server = monitor.serve(host="127.0.0.1", port=0)

@@ -14,7 +14,7 @@ from tests.support.procs import REPO
 # small enough to train tens of iterations per second on 2 cores
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, dropout=0.0, device="cpu",
             compile=False, eval_iters=2, log_interval=5, eval_interval=10, max_iters=20, warmup_iters=5,
-            lr_decay_iters=20)  # fmt: skip
+            lr_decay_iters=20, sample_chars=20)  # fmt: skip
 
 
 def _tiny_values(tmp_path: Path, overrides: dict) -> dict:
@@ -41,6 +41,7 @@ class Recorder(events.Observer):
     def on_log(self, event): self.events.append(("on_log", event))  # noqa: E704
     def on_eval(self, event): self.events.append(("on_eval", event))  # noqa: E704
     def on_checkpoint(self, event): self.events.append(("on_checkpoint", event))  # noqa: E704
+    def on_sample(self, event): self.events.append(("on_sample", event))  # noqa: E704
     def on_run_end(self, event): self.events.append(("on_run_end", event))  # noqa: E704
 
 
