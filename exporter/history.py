@@ -8,7 +8,7 @@ about 1.5 kB a point), and older points evenly thinned as bare numbers
 ages out is kept; each time the older range fills up, every second point of it
 is dropped and the stride doubles, so the whole run stays covered. The default,
 3,000 recent and up to 100,000 older points, takes less memory than the 12,000
-cached points it replaced (about 15 MB against 16 MB; tests/test_history.py); the
+cached points it replaced (about 15 MB against 16 MB; tests/integration/test_history.py); the
 live page reads overviews of it, never all of it.
 Its counterpart on disk, complete at full resolution, is exporter.metricslog.
 Neither knows about Prometheus or HTTP.
