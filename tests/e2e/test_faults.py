@@ -4,7 +4,7 @@ an out_dir that is full or refuses new files. Training must go on, or stop clean
 and never lose its last good checkpoint or its metrics log. See docs/faults.md.
 
 The server-side faults (bad HTTP input, slow clients, disconnects) are in
-tests/test_server_hardening.py; a metrics port in use is in tests/test_server.py.
+tests/integration/test_server_hardening.py; a metrics port in use is in tests/integration/test_server.py.
 """
 
 from __future__ import annotations

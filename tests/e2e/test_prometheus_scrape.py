@@ -9,7 +9,7 @@ import pytest
 from nanogpt.model import GPT, GPTConfig
 from tests.support.procs import TINY_MODEL, Prometheus, Trainer, corpus_vocab_size, free_port, http_get, require, \
     wait_until
-from tests.test_metrics import SPEC_METRICS
+from tests.support.spec import SPEC_METRICS
 
 pytestmark = pytest.mark.slow
 

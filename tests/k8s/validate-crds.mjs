@@ -1,5 +1,5 @@
 // Validate prometheus-operator custom resources against the CRD schemas of the pinned
-// @kubernetes-models/prometheus-operator (tests/test_k8s.py runs this).
+// @kubernetes-models/prometheus-operator (tests/integration/test_k8s.py runs this).
 // stdin: a JSON array of documents; stdout: a JSON array of {kind, name, errors}, one per document.
 // The CRD schemas check types, enums, patterns and required fields; like the API server's
 // structural schemas they do not reject unknown fields.

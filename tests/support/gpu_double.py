@@ -2,7 +2,7 @@
 
 They answer with the same types and units as the real modules (bytes, percent, milliwatts,
 MHz, a reason bitmask) and raise pynvml's own NVMLError, so the collector's mapping to
-metrics is checked exactly. tests/test_gpu.py checks that every function here exists in
+metrics is checked exactly. tests/unit/test_gpu.py checks that every function here exists in
 pynvml / torch.cuda with the same parameters.
 """
 

@@ -1,7 +1,7 @@
 """The provisioned Grafana dashboards as data: panels, their queries, variables, and running
 those queries on a real Prometheus as Grafana would.
 
-Read-only helpers for tests/test_grafana_dashboards.py (static checks),
+Read-only helpers for tests/unit/test_grafana_dashboards.py (static checks),
 tests/e2e/test_grafana_queries.py (every query run on a real training) and
 tests/e2e/test_gpu_dashboards.py (the GPU panels on backfilled GPU-shaped data).
 """

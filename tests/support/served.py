@@ -25,6 +25,17 @@ from exporter.cli import READY_FILE
 from tests.support.procs import REPO, wait_until
 
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
+TREE = {"name": "", "type": "GPT", "kind": "model", "parameters": 1000, "children": [
+    {"name": "transformer.h.0.attn", "type": "CausalSelfAttention", "kind": "attention", "heads": 2,
+     "head_size": 16, "parameters": 1000}]}
+
+
+def recording(directory: Path) -> TrainingMonitor:
+    """A rank-0 monitor of run r1 recording into `directory`, its run started with MODEL and TREE; not served."""
+    monitor = TrainingMonitor(run_id="r1", rank=0, directory=directory)
+    monitor.run_started(max_iterations=100, tokens_per_iteration=256, model_config=MODEL,
+                        parameters={"total": 1000}, start_time=time.time(), model_tree=TREE)
+    return monitor
 
 
 def started(directory: Path, run_id: str = "r1", points: int = 0, **serve) -> TrainingMonitor:

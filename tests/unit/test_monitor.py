@@ -13,8 +13,7 @@ import pytest
 import nanogpt
 from exporter import TrainingMonitor
 from exporter.trend import loss_trend
-from tests.support.procs import http_get
-from tests.support.recorded import read_back, scraped_value
+from tests.support.recorded import read_back
 
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
 LABELS = {"run_id": "r1", "rank": "0"}
@@ -311,19 +310,6 @@ def test_the_status_counts_the_steps_between_log_points(started):
     for i in range(1, 8):
         monitor.iteration(iteration=i, tokens=256, timestamp=1000.0 + i)
     assert view(monitor).status()["iteration"] == 7  # from the shared file, no journal line per step
-
-
-def test_serve_starts_a_monitor_process_that_serves_the_recording_until_close(started):
-    monitor = started()
-    monitor.iteration(iteration=1, tokens=256, timestamp=1001.0)
-    server = monitor.serve(port=0)
-    try:
-        assert server.pid != os.getpid()
-        text = http_get(f"{server.url}/metrics").decode()
-        assert scraped_value(text, "nanogpt_tokens_total", **LABELS) == 256
-    finally:
-        monitor.close()
-    assert server.process.poll() is not None  # close() stopped it
 
 
 def test_a_non_finite_figure_the_loop_hands_over_is_null_in_the_api_not_a_lost_event(run_dir):

@@ -2,7 +2,6 @@
 monitor that reads the rank's shared files (tests/support/recorded.py reads them as it does)."""
 
 import math
-import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -10,32 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import TrainingMonitor
 from exporter.catalogue import BY_KEY, ITERATION_DURATION_BUCKETS, LABELS, PARAMETER_COMPONENTS, STATES
 from exporter.shared import SharedFiles
-from tests.support.procs import require
 from tests.support.recorded import Recorded, read_back
-
-# SPEC.md's metric table: exposed sample name -> (type, extra label that must be present or None)
-SPEC_METRICS = {
-    "nanogpt_iteration": ("gauge", None),
-    "nanogpt_max_iterations": ("gauge", None),
-    "nanogpt_iterations_total": ("counter", None),
-    "nanogpt_tokens_total": ("counter", None),
-    "nanogpt_train_loss": ("gauge", None),
-    "nanogpt_train_loss_ema": ("gauge", None),
-    "nanogpt_logged_loss_sum": ("summary", None),
-    "nanogpt_logged_loss_count": ("summary", None),
-    "nanogpt_eval_loss": ("gauge", "split"),
-    "nanogpt_learning_rate": ("gauge", None),
-    "nanogpt_grad_norm": ("gauge", None),
-    "nanogpt_iteration_duration_seconds_bucket": ("histogram", "le"),
-    "nanogpt_mfu_ratio": ("gauge", None),
-    "nanogpt_loss_nonfinite_total": ("counter", None),
-    "nanogpt_last_iteration_timestamp_seconds": ("gauge", None),
-    "nanogpt_training_start_time_seconds": ("gauge", None),
-    "nanogpt_training_state": ("gauge", "state"),
-    "nanogpt_model_parameters": ("gauge", "component"),
-    "nanogpt_model_config": ("gauge", "field"),
-    "nanogpt_run_info": ("info", "dataset"),
-}
+from tests.support.spec import SPEC_METRICS
 
 
 @pytest.fixture
@@ -131,14 +106,6 @@ def test_a_gauge_is_the_newest_write_of_its_series_whichever_file_holds_it(fresh
     assert recorded.value("nanogpt_training_state", run_id="r1", rank="0", state="running") == 0
     metrics.set_state("finished")  # newer again
     assert recorded.value("nanogpt_training_state", run_id="r1", rank="0", state="finished") == 1
-
-
-def test_promtool_accepts_the_exposition(fresh):
-    promtool = require("promtool")
-    recorded, _ = fresh()
-    result = subprocess.run([promtool, "check", "metrics"], input=recorded.exposition().encode(),
-                            capture_output=True, timeout=30)
-    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
 
 
 def test_a_value_written_after_its_file_grew_is_read_back(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from exporter import diagram, page
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
-from tests.test_model_view import gpt2, llama
+from tests.support.models import gpt2, llama
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -8,32 +8,15 @@ configs, never downloaded.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import components, config_fields, describe
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from tests.support.models import gpt2, llama
 
 NANO = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, dropout=0.0, bias=True)
-
-
-def gpt2(tie: bool = True):
-    transformers = pytest.importorskip("transformers")
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50, tie_word_embeddings=tie,
-        bos_token_id=0, eos_token_id=0))
-
-
-def llama(tie: bool = False):
-    transformers = pytest.importorskip("transformers")
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=16, intermediate_size=32,
-        vocab_size=50, max_position_embeddings=32, tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0))
 
 
 def named_parameters_total(model) -> int:

@@ -1,6 +1,6 @@
 """The GPU alerts (prometheus/rules/nanogpt-gpu-alerts.yml): labelled like the others, and each
 threshold written once in the rule, the descriptions quoting the same figure. Their behaviour
-(firing, near misses) is proven by promtool on prometheus/tests/gpu.yml (tests/test_rules.py)."""
+(firing, near misses) is proven by promtool on prometheus/tests/gpu.yml (tests/integration/test_rules.py)."""
 
 from __future__ import annotations
 

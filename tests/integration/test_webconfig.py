@@ -1,8 +1,8 @@
-"""exporter.webconfig: basic auth and TLS from an exporter-toolkit web config, over real HTTP(S) to the
-monitor process that TrainingMonitor.serve(web_config=PATH) starts."""
+"""exporter.webconfig where the wire matters: TLS, a flood of wrong passwords, and a bad file refused by
+the monitor process that TrainingMonitor.serve(web_config=PATH) starts and by the trainer's command line.
+Reading the file and basic auth on each route are tests/unit/test_webconfig.py."""
 
 import base64
-import json
 import socket
 import ssl
 import subprocess
@@ -14,9 +14,8 @@ import urllib.request
 import bcrypt
 import pytest
 
-from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
+from exporter import ServeError, TrainingMonitor
 from tests.support.procs import REPO, require
-from tests.support.raw_http import ROUTES
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()  # cheap rounds: tests stay fast
 
@@ -59,40 +58,6 @@ def served(tmp_path, web_config):
         monitor.close()
         raise
     return monitor
-
-
-@pytest.fixture
-def auth_server(tmp_path):
-    monitor = served(tmp_path, write(tmp_path, f"basic_auth_users:\n  alice: '{HASH}'\n"))
-    yield monitor.server
-    monitor.close()
-
-
-def test_without_credentials_the_answer_is_401_with_a_basic_challenge(auth_server):
-    status, headers, body = get(auth_server.url + "/metrics")
-    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic ")
-    assert json.loads(body) == {"error": "unauthorized"} and headers["X-Content-Type-Options"] == "nosniff"
-
-
-@pytest.mark.parametrize("user, password", [("alice", "wrong"), ("bob", "s3cret"), ("alice", "")])
-def test_wrong_credentials_are_refused(auth_server, user, password):
-    assert get(auth_server.url + "/metrics", user, password)[0] == 401
-
-
-def test_the_right_credentials_are_served_every_time(auth_server):
-    assert [get(auth_server.url + "/metrics", "alice", "s3cret")[0] for _ in range(3)] == [200, 200, 200]
-
-
-@pytest.mark.parametrize("path", ROUTES + ["/nope"])
-def test_every_route_is_protected(auth_server, path):
-    assert get(auth_server.url + path)[0] == 401  # an unknown path too: nothing is told without a password
-
-
-def test_a_malformed_authorization_header_is_refused(auth_server):
-    request = urllib.request.Request(auth_server.url + "/metrics", headers={"Authorization": "Basic %%%not-base64"})
-    with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(request, timeout=5)
-    assert info.value.code == 401
 
 
 def test_a_flood_of_wrong_passwords_does_not_stop_metrics_answering_the_right_one(tmp_path):
@@ -138,21 +103,6 @@ def test_serve_with_an_unusable_web_config_raises_one_line_and_serves_nothing(tm
     with pytest.raises(ServeError) as info:
         served(tmp_path, path)
     assert str(info.value) == f"{path}: the password of user 'alice' must be a bcrypt hash ($2y$...)"
-
-
-@pytest.mark.parametrize("text, message", [
-    ("basic_auth_users:\n  alice: plaintext\n", "user 'alice' must be a bcrypt hash"),
-    ("http_server_config:\n  http2: true\n", "unsupported key 'http_server_config'"),
-    ("tls_server_config:\n  cert_file: a.crt\n", "needs exactly cert_file and key_file"),
-    ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "cannot load TLS certificate"),
-    ("basic_auth_users: [alice]\n", "must map user names to bcrypt hashes"),
-    ("a: [\n", "not valid YAML"),
-    ("- 1\n", "expected a mapping"),
-])
-def test_a_bad_web_config_is_one_line_naming_the_problem(tmp_path, text, message):
-    with pytest.raises(WebConfigError) as info:
-        load_web_config(write(tmp_path, text))
-    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_trainer_cli_rejects_a_bad_web_config_with_exit_2(tmp_path):

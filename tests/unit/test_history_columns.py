@@ -1,6 +1,6 @@
 """GET /api/history?format=columns: an array per field, the same values as the object per point.
 
-Over real HTTP against a real in-process TrainingMonitor, like tests/test_server.py.
+Asked of the monitor process's routes called as functions (tests/support/routes.py), like tests/unit/test_server.py.
 """
 
 import json
@@ -10,7 +10,7 @@ import pytest
 
 from exporter import History, Point, TrainingMonitor
 from exporter.point import COLUMNS
-from tests.support.procs import http_json_answer
+from tests.support.routes import routes_of
 
 
 @pytest.fixture
@@ -26,14 +26,13 @@ def monitor():
 
 
 @pytest.fixture
-def server(monitor):
-    server = monitor.serve(host="127.0.0.1", port=0)
-    yield server
-    server.close()
+def server(monitor, loop):
+    """The routes over the monitor's run directory, in this process."""
+    return routes_of(monitor, loop)
 
 
 def get(server, path):
-    return http_json_answer(server.url + path)
+    return server.json(path)
 
 
 def as_points(body):

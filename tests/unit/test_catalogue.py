@@ -13,9 +13,9 @@ from nanogpt_monitor.gpu import GpuCollector
 from tests.support.gpu_double import FakeCuda, FakeGpu, FakeNvml
 from tests.support.grafana import load_dashboards, targets
 from tests.support.recorded import read_back
-from tests.test_metrics import SPEC_METRICS
+from tests.support.spec import SPEC_METRICS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NANOGPT_NAME = re.compile(r"\bnanogpt_[a-z_]+")  # a series name in PromQL (recording rules use colons)
 
 

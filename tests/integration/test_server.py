@@ -1,11 +1,10 @@
-"""The monitor process's HTTP server (exporter.app): routes, content negotiation, HEAD, SSE, CSV,
-errors and shutdown, over real HTTP to the process TrainingMonitor.serve() starts on loopback."""
+"""The monitor process's HTTP server (exporter.app) over a socket: what only the wire shows (HEAD
+framing, keep-alive, event streams, shutdown, ports in use), against the process TrainingMonitor.serve()
+starts on loopback. What each route answers is tests/unit/test_server.py, called as functions."""
 
-import csv
-import gzip
 import http.client
-import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,27 +14,15 @@ import urllib.request
 
 import pytest
 
-from exporter import PortInUseError, TrainingMonitor
+from exporter import PortInUseError
 from tests.support.procs import REPO, free_port, require, wait_until
 from tests.support.raw_http import ROUTES, parse_response
-from tests.support.served import MODEL, MonitorCli, sample
-
-STATUS_KEYS = {
-    "run_id", "rank", "world_size", "state", "iteration", "max_iterations", "loss", "loss_ema", "val_loss",
-    "eval_train_loss", "best_val_loss", "lr", "tokens_per_second", "iterations_per_second", "step_seconds", "mfu",
-    "eta_seconds", "elapsed_seconds", "start_time", "parameters_total", "dataset", "device", "trend",
-    "average_loss",
-}
-TREE = {"name": "", "type": "GPT", "kind": "model", "parameters": 1000, "children": [
-    {"name": "transformer.h.0.attn", "type": "CausalSelfAttention", "kind": "attention", "heads": 2,
-     "head_size": 16, "parameters": 1000}]}
+from tests.support.served import MonitorCli, recording, sample
 
 
 @pytest.fixture
 def monitor(tmp_path):
-    monitor = TrainingMonitor(run_id="r1", rank=0, directory=tmp_path / "run")
-    monitor.run_started(max_iterations=100, tokens_per_iteration=256, model_config=MODEL,
-                        parameters={"total": 1000}, start_time=time.time(), model_tree=TREE)
+    monitor = recording(tmp_path / "run")
     yield monitor
     monitor.close()
 
@@ -72,41 +59,7 @@ def raw(server, target, method="GET"):
     return parse_response(data, head_request=method == "HEAD")
 
 
-# --- routes ---------------------------------------------------------------------------------------
-
-def test_healthz_says_ok(server):
-    assert get(server, "/healthz")[::2] == (200, b"ok\n")
-
-
-def test_metrics_are_the_prometheus_text_format_by_default(server, monitor):
-    train(monitor, 3)
-    status, headers, body = get(server, "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert b'nanogpt_iterations_total{rank="0",run_id="r1"} 3.0' in body
-
-
-def test_metrics_are_openmetrics_when_asked(server):
-    status, headers, body = get(server, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
-    assert headers["Content-Type"].startswith("application/openmetrics-text")
-    assert body.endswith(b"# EOF\n")
-
-
-def test_metrics_are_gzipped_when_asked(server):
-    _, headers, body = get(server, "/metrics", {"Accept-Encoding": "gzip"})
-    assert headers["Content-Encoding"] == "gzip"
-    assert b"nanogpt_iteration" in gzip.decompress(body)
-
-
-def test_metrics_name_filter_keeps_only_the_named_families(server):
-    body = get(server, "/metrics?name[]=nanogpt_iteration")[2].decode()
-    names = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if not line.startswith("#")}
-    assert names == {"nanogpt_iteration"}
-
-
-def test_the_exporter_times_its_own_scrapes(server):
-    get(server, "/metrics")
-    assert sample(server.url, "nanogpt_exporter_scrape_duration_seconds") > 0
-
+# --- answers on the wire ---------------------------------------------------------------------------------------
 
 def test_promtool_accepts_a_scrape_of_metrics(server, monitor):
     promtool = require("promtool")
@@ -117,111 +70,10 @@ def test_promtool_accepts_a_scrape_of_metrics(server, monitor):
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
 
-def test_an_answer_includes_every_event_recorded_before_the_request(server, monitor):
-    for i in range(1, 21):  # no waiting between recording and asking: each request reads the directory first
-        train(monitor, 1, start=i)
-        points = json.loads(get(server, f"/api/history?since={i - 1}")[2])["points"]
-        assert [p["iteration"] for p in points] == [i]
-        assert json.loads(get(server, "/api/status")[2])["iteration"] == i
-
-
-@pytest.mark.parametrize("path", ["/nope", "/metrics/", "/../etc/passwd", "/static/../../pyproject.toml"])
-def test_unknown_paths_are_a_404_json_error(server, path):
-    status, headers, body = get(server, path)
-    assert (status, headers["Content-Type"], json.loads(body)) == (404, "application/json", {"error": "not found"})
-
-
-@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
-def test_other_methods_are_405_with_allow(server, method):
-    status, headers, body = get(server, "/metrics", method=method)
-    assert (status, headers["Allow"]) == (405, "GET")
-    if method == "HEAD":
-        return  # no body after a HEAD's headers
-    assert json.loads(body) == {"error": "method not allowed"}
-
-
 @pytest.mark.parametrize("route", ROUTES)
 def test_head_is_405_without_a_body_on_every_route(server, route):
     head = raw(server, route, "HEAD")  # parse_response fails on any body after a HEAD's headers
     assert (head.status, head.headers["allow"]) == (405, "GET")
-
-
-def test_status_has_the_agreed_fields(server, monitor):
-    train(monitor, 3)
-    status = json.loads(get(server, "/api/status")[2])
-    assert STATUS_KEYS <= status.keys()
-    assert status["iteration"] == 3 and status["state"] == "running"
-    assert set(status["trend"]) == {"state", "improvement_ratio", "window_seconds", "threshold"}
-
-
-def test_a_rank_not_on_this_node_is_a_400_naming_the_ranks_there(server):
-    status, _, body = get(server, "/api/status?rank=3")
-    assert status == 400 and json.loads(body)["error"] == "no rank 3 records on this node (ranks: [0])"
-
-
-def test_history_returns_points_and_the_tail_after_since(server, monitor):
-    train(monitor, 5)
-    body = json.loads(get(server, "/api/history")[2])
-    assert (body["run_id"], body["rank"]) == ("r1", 0)
-    assert [p["iteration"] for p in body["points"]] == [1, 2, 3, 4, 5]
-    assert [p["iteration"] for p in json.loads(get(server, "/api/history?since=3")[2])["points"]] == [4, 5]
-
-
-@pytest.mark.parametrize("since", ["abc", "-1", "1.5", "9" * 40])
-def test_a_bad_since_is_a_400_with_a_json_error(server, since):
-    status, _, body = get(server, f"/api/history?since={since}")
-    assert status == 400 and "since" in json.loads(body)["error"]
-
-
-def test_a_non_finite_loss_is_null_in_json(server, monitor):
-    monitor.log(iteration=1, loss=float("nan"))
-    assert json.loads(get(server, "/api/history")[2])["points"][0]["loss"] is None
-
-
-def test_model_serves_the_config_counts_and_module_tree(server):
-    body = json.loads(get(server, "/api/model")[2])
-    assert body == {"model_config": MODEL, "parameters": {"total": 1000}, "tree": TREE}
-
-
-def test_samples_are_served_newest_first_a_page_at_a_time(server, monitor):
-    for iteration in (0, 250, 500):
-        monitor.sample(iteration, f"at {iteration}", prompt="\n", seconds=0.5, timestamp=1.0)
-    body = json.loads(get(server, "/api/samples?limit=2")[2])
-    assert (body["run_id"], body["rank"], body["more"]) == ("r1", 0, True)
-    assert body["samples"] == [
-        {"iteration": 500, "sample": "at 500", "prompt": "\n", "timestamp": 1.0, "seconds": 0.5},
-        {"iteration": 250, "sample": "at 250", "prompt": "\n", "timestamp": 1.0, "seconds": 0.5}]
-    older = json.loads(get(server, "/api/samples?limit=2&before=250")[2])
-    assert [s["iteration"] for s in older["samples"]] == [0] and older["more"] is False
-
-
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "before=-1"])
-def test_a_bad_samples_query_is_a_400_with_a_json_error(server, query):
-    status, _, body = get(server, f"/api/samples?{query}")
-    assert status == 400 and query.split("=")[0] in json.loads(body)["error"]
-
-
-def test_csv_export_is_an_attachment_with_one_row_per_logged_iteration(server, monitor):
-    train(monitor, 4)
-    _, headers, body = get(server, "/export.csv")
-    assert headers["Content-Disposition"] == 'attachment; filename="nanogpt-r1.csv"'
-    rows = list(csv.DictReader(io.StringIO(body.decode())))
-    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
-
-
-def test_the_csv_file_name_keeps_only_safe_characters_of_the_run_id(tmp_path):
-    monitor = TrainingMonitor(run_id='a b/../"c";d', rank=0, directory=tmp_path / "run")
-    try:
-        _, headers, _ = get(monitor.serve(port=0), "/export.csv")
-        assert headers["Content-Disposition"] == 'attachment; filename="nanogpt-a_b_..__c__d.csv"'
-    finally:
-        monitor.close()
-
-
-def test_the_root_serves_an_html_page(server):
-    status, headers, body = get(server, "/")
-    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
-    assert body.lstrip().lower().startswith(b"<!doctype html>")
 
 
 def test_a_kept_alive_connection_serves_one_request_after_another(server):
@@ -337,6 +189,17 @@ def test_an_idle_stream_gets_keepalive_comments(monitor, tmp_path):
 
 
 # --- shutdown and ports -----------------------------------------------------------------------------
+
+def test_serve_starts_a_monitor_process_that_serves_the_recording_until_close(monitor):
+    monitor.iteration(iteration=1, tokens=256, timestamp=1001.0)
+    server = monitor.serve(port=0)
+    try:
+        assert server.pid != os.getpid()
+        assert sample(server.url, "nanogpt_tokens_total") == 256
+    finally:
+        monitor.close()
+    assert server.process.poll() is not None  # close() stopped it
+
 
 def test_close_ends_an_open_stream_and_frees_the_port(monitor):
     server = monitor.serve(port=0)

@@ -1,6 +1,7 @@
 """Character-level data: 90/10 split, content-hash cache, default corpus, batches, bad files."""
 
-import socket
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -57,9 +58,10 @@ def test_the_default_corpus_is_offline_python_documentation_and_deterministic(tm
 
 
 def test_shakespeare_offline_says_to_pass_a_data_file(tmp_path, monkeypatch):
-    with socket.socket() as s:  # a port that refuses connections: offline, without touching the network
-        s.bind(("127.0.0.1", 0))
-        monkeypatch.setattr(data, "SHAKESPEARE_URL", f"http://127.0.0.1:{s.getsockname()[1]}/input.txt")
+    def offline(url, timeout):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"cannot download tiny Shakespeare .*pass --data-file PATH"):
         load_dataset("shakespeare", "", 64, tmp_path / "cache")
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from exporter import History, Point, TrainingMonitor
 from exporter.overview import overview_indices
-from tests.support.procs import http_json_answer
+from tests.support.routes import routes_of
 
 
 def history(losses, evals=(), recent=100_000):
@@ -82,18 +82,18 @@ def test_an_overview_picks_exactly_each_buckets_extremes(losses, buckets, rnd):
 
 
 @pytest.fixture
-def server():
+def server(loop):
+    """The routes over a long run's directory, in this process."""
     monitor = TrainingMonitor(run_id="r1", rank=0)
     monitor.run_started(max_iterations=10_000, tokens_per_iteration=256, start_time=1000.0)
     for i in range(0, 5_000, 5):
         monitor.log(iteration=i, loss=3.0 + (i % 7) / 10, timestamp=1000.0 + i)
-    server = monitor.serve(host="127.0.0.1", port=0)
-    yield server
-    server.close()
+    yield routes_of(monitor, loop)
+    monitor.close()
 
 
 def get(server, path):
-    return http_json_answer(server.url + path)
+    return server.json(path)
 
 
 def test_the_page_asks_for_an_overview_over_http(server):
