@@ -4,7 +4,8 @@
 
 Starts the trainer (a tiny model on the default offline corpus, metrics on a free port), waits
 until the chart has enough logged points and evals to look like a run, then photographs the page
-in Chromium (Playwright, /usr/bin/chromium) at desktop and phone width. Needs the test extras
+in Chromium (Playwright, /usr/bin/chromium) at desktop and phone width, and the model's diagram
+and the samples sections on their own. Needs the test extras
 (`pip install -e '.[test]'`) and Debian's chromium; scripts/test.sh installs both.
 """
 
@@ -33,6 +34,12 @@ SHOTS = {  # file name -> Playwright context options
     "live-page-desktop.png": dict(viewport={"width": 1280, "height": 800}, device_scale_factor=1),
     "live-page-phone.png": dict(viewport={"width": 390, "height": 844}, device_scale_factor=2,
                                 is_mobile=True, has_touch=True),
+}
+# file name -> the section photographed on its own (desktop width), and the part of the model diagram
+# focused first so that its details show, as a keyboard user sees them
+SECTIONS = {
+    "live-page-model.png": ("section[aria-labelledby=model-title]", '[data-part="transformer.h.0.attn"]'),
+    "live-page-samples.png": ("section[aria-labelledby=samples-title]", None),
 }
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
 
@@ -74,6 +81,12 @@ def shoot(base_url: str, out: Path) -> None:
                 page.wait_for_selector("[data-testid=module-root]", state="attached")
                 page.wait_for_selector("[data-testid=connection][data-state=live]")
                 page.screenshot(path=str(out / name))
+                if name == "live-page-desktop.png":
+                    for section_name, (section, focus) in SECTIONS.items():
+                        if focus:
+                            page.locator(focus).focus()
+                        page.locator(section).screenshot(path=str(out / section_name))
+                        print(f"{out / section_name}: {(out / section_name).stat().st_size // 1024} KB")
                 context.close()
                 print(f"{out / name}: {(out / name).stat().st_size // 1024} KB")
         finally:
