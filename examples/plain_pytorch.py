@@ -11,10 +11,12 @@ already has on the host; step time and tokens/s come from the run's own clock.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import torch
 
+from exporter import ServeError
 from nanogpt_monitor import MonitoredRun
 from shared import TinyLM, Windows, corpus, lr_factor, parse_flags
 
@@ -55,9 +57,14 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
 
     # every rank records; local rank 0 starts the node's monitor and prints `metrics: URL`
-    with MonitoredRun(run_id=args.run_id, host=args.metrics_host, port=args.metrics_port,
-                      metrics_log=os.path.join(args.out_dir, "metrics.jsonl"),
-                      linger_seconds=args.metrics_linger) as run:
+    run = MonitoredRun(run_id=args.run_id, host=args.metrics_host, port=args.metrics_port,
+                       metrics_log=os.path.join(args.out_dir, "metrics.jsonl"), linger_seconds=args.metrics_linger)
+    try:
+        run.open()
+    except ServeError as e:  # the port is taken: one line, before any training
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with run:
         run.start(max_iterations=args.max_steps, model=model, tokens_per_iteration=tokens_per_step,
                   dataset="pydoc_data.topics (bytes)", device="cpu", dtype="float32")
         for step, batch in enumerate(batches, start=1):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from exporter import TrainingMonitor
+from exporter.diagram import render as diagram_svg
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
 from tests.support.procs import Trainer, http_json, require, wait_until
@@ -285,6 +286,10 @@ def test_tabbing_to_a_part_of_the_diagram_shows_its_details_without_script(monit
     details = attention.locator(":scope > g.detail")
     expect(hint).to_be_visible()
     expect(details).to_be_hidden()
+    parts = diagram.locator(".part-group")
+    assert parts.count() == diagram_svg(TREE).count('class="part-group"') > 4  # one per drawn part
+    for name in parts.evaluate_all("gs => gs.map(g => g.getAttribute('aria-label'))"):
+        assert "parameters" in name  # each has an accessible name that says its count
     page.locator('[data-part="transformer.h.0"]').focus()
     for _ in range(6):  # Tab from the block into its parts, as a keyboard user would
         page.keyboard.press("Tab")

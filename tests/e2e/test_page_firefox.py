@@ -14,6 +14,7 @@ import os
 
 import pytest
 
+from exporter.diagram import render as diagram_svg
 from tests.support.procs import REPO, Process, Trainer, http_json, require, wait_until
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,19 @@ def test_chart_draws_and_updates_live_in_firefox(firefox):
     shown = chart["iterations"]
     assert shown == [p["iteration"] for p in served["history"]][: len(shown)]  # every point, in order, none twice
     assert chart["ink"] > 0.01 * chart["canvas"]["width"] * chart["canvas"]["height"]  # pixels really drawn
+
+
+def test_the_diagram_has_a_named_tab_stop_per_part_whose_focus_shows_its_counts(firefox):
+    seen, served = firefox
+    diagram = seen["diagram"]
+    drawn = diagram_svg(served["model"]["tree"])
+    assert len(diagram["parts"]) == drawn.count('class="part-group"') > 4
+    assert all(p["tabindex"] == "0" and "parameters" in p["label"] for p in diagram["parts"])
+    focused = diagram["focused"]
+    assert focused["hiddenAtFirst"] and focused["shown"] and focused["hintHidden"]
+    assert focused["part"] + " (CausalSelfAttention)" in focused["detail"] and "heads" in focused["detail"]
+    assert "parameters" in focused["detail"]
+    assert 0 < diagram["width360"] <= 360
 
 
 def modules(node: dict) -> list[dict]:

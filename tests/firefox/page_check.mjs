@@ -4,7 +4,8 @@
 //   node tests/firefox/page_check.mjs URL PROFILE_DIR [FIREFOX]
 //
 // Opens URL (a trainer's live page, training), watches the chart draw and update, reads the
-// canvas pixels, reads the module tree and opens and closes a block from the keyboard, narrows to
+// canvas pixels, reads the module tree and opens and closes a block from the keyboard, focuses a
+// part of the architecture diagram, narrows to
 // a phone width, and prints one JSON object of what it saw on stdout. It asserts nothing: tests/e2e/test_page_firefox.py does.
 // PROFILE_DIR (empty, made by the caller) holds Firefox's profile and HOME, so nothing is written
 // elsewhere. Exit 1 with {"error": ...} when the page never got that far.
@@ -88,13 +89,33 @@ async function check(browser) {
     tree.keyboard = { block: second, closedAtFirst, tabs, focused, opened, openedText, closedAgain: !(await shown()) };
   }
 
+  // The architecture diagram (server-rendered SVG): one tab stop per drawn part, each with an
+  // accessible name; focusing one shows its details, by CSS alone.
+  const diagramParts = await page.$$eval("[data-testid=model-diagram] .part-group", (groups) => groups.map((g) => ({
+    part: g.dataset.part, label: g.getAttribute("aria-label"), tabindex: g.getAttribute("tabindex") })));
+  const shows = (selector) => page.$eval(selector, (el) => getComputedStyle(el).display !== "none");
+  const attentionPart = diagramParts.find((p) => p.part.endsWith(".attn"));
+  const diagram = { parts: diagramParts, focused: null };
+  if (attentionPart) {
+    const selector = `[data-testid=model-diagram] [data-part="${attentionPart.part}"]`;
+    const hiddenAtFirst = !(await shows(`${selector} > g.detail`));
+    await page.$eval(selector, (el) => el.focus());
+    diagram.focused = {
+      part: attentionPart.part, hiddenAtFirst, shown: await shows(`${selector} > g.detail`),
+      detail: await page.$eval(`${selector} > g.detail`, (el) => el.textContent),
+      hintHidden: !(await shows("[data-testid=model-diagram] text.hint")),
+    };
+  }
+
+  await page.setViewport({ width: 360, height: 740 });
+  diagram.width360 = await page.$eval("[data-testid=model-diagram] svg", (svg) => svg.getBoundingClientRect().width);
   await page.setViewport({ width: 375, height: 667 });
   const phone = await page.evaluate(() =>
     ({ scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth }));
 
   const cspViolations = await page.evaluate(() => window.__cspViolations);
   await page.close();  // before the trainer goes, so its event stream ends first
-  return { browser: await browser.version(), chart, tree, phone, consoleErrors, cspViolations };
+  return { browser: await browser.version(), chart, tree, diagram, phone, consoleErrors, cspViolations };
 }
 
 let browser;

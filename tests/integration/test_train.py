@@ -2,9 +2,11 @@
 
 import logging
 import math
+import time
 
 import pytest
 
+import nanogpt.train
 from nanogpt import events
 from nanogpt.config import ConfigError, build_config
 from nanogpt.train import get_lr, train
@@ -204,6 +206,21 @@ def test_each_eval_writes_a_sample_from_the_prompt_of_the_asked_length(tmp_path)
     assert [s.iteration for s in samples] == [e.iteration for e in rec.of("on_eval")] == [0, 10, 20]
     assert all(s.text.startswith("The ") and len(s.text) == 4 + 30 and s.prompt == "The " for s in samples)
     assert all(s.seconds > 0 for s in samples)
+
+
+def test_a_slow_sample_is_left_out_of_the_step_time(tmp_path, monkeypatch):
+    write_sample = nanogpt.train.write_sample
+
+    def slow(*args, **kwargs):  # a fault from outside: sampling takes 2 s
+        time.sleep(2.0)
+        return write_sample(*args, **kwargs)
+
+    monkeypatch.setattr(nanogpt.train, "write_sample", slow)
+    rec = Recorder()
+    train(tiny_config(tmp_path, max_iters=20, log_interval=5, eval_interval=10), rec)
+    assert [s.iteration for s in rec.of("on_sample")] == [0, 10, 20]
+    # counted in, 2 s would be 0.4 s a step over a 5-step span; a tiny step takes milliseconds
+    assert max(p.step_seconds for p in rec.of("on_log") if p.step_seconds is not None) < 0.2
 
 
 def test_sampling_leaves_the_training_exactly_as_it_would_be_without(tmp_path):
