@@ -113,6 +113,12 @@ METRICS: tuple[Metric, ...] = (
            "Model FLOPs utilisation estimate, 0..1 (NaN until enough steps were timed)."),
     Metric("loss_nonfinite", "nanogpt_loss_nonfinite", "counter",
            "Logged iterations whose training loss was NaN or infinite."),
+    Metric("loss_spikes", "nanogpt_loss_spikes", "counter",
+           "Logged training losses more than N standard deviations above the mean of the last logged ones "
+           "(default 6 sigma over 128; exporter.spikes); /api/status says the last one's iteration."),
+    Metric("grad_norm_spikes", "nanogpt_grad_norm_spikes", "counter",
+           "Logged grad norms more than N standard deviations above the mean of the last logged ones, "
+           "judged as the loss is; often the first sign of a loss spike."),
     Metric("last_iteration_timestamp", "nanogpt_last_iteration_timestamp_seconds", "gauge",
            "Unix time the last iteration completed (the run's start time until one has).", initial=0),
     Metric("last_checkpoint_timestamp", "nanogpt_last_checkpoint_timestamp_seconds", "gauge",

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
+from . import spikes
 from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
 from .cli import READY_FILE
 from .devices import device_status
@@ -60,11 +61,14 @@ class TrainingMonitor:
 
     `directory`: the run directory (default: exporter.journal.run_directory(run_id, node), shared by
     every rank of the run on this node); `metrics_log`: a JSON-lines file of every logged point
-    at full resolution (CSV export, resumes)."""
+    at full resolution (CSV export, resumes); `spike_window`, `spike_sigmas`: how a loss or grad-norm
+    spike is judged (exporter.spikes)."""
 
     def __init__(self, run_id: str = "run", rank: int = 0, directory: Optional[str | os.PathLike] = None,
-                 metrics_log: Optional[str | os.PathLike] = None, node: int = 0):
+                 metrics_log: Optional[str | os.PathLike] = None, node: int = 0,
+                 spike_window: int = spikes.WINDOW, spike_sigmas: float = spikes.SIGMAS):
         self.run_id, self.rank, self.node = str(run_id), int(rank), int(node)
+        self._spikes = spikes.SpikeWatch(spike_window, spike_sigmas, min(spikes.WARMUP, spike_window))
         self.directory = Path(directory) if directory is not None else run_directory(self.run_id, self.node)
         self._default_directory = directory is None  # ours to tidy when nobody serves it
         self.files = SharedFiles(self.directory, f"rank{self.rank}")
@@ -187,6 +191,7 @@ class TrainingMonitor:
         for gauge, value in ((m.learning_rate, point.lr), (m.grad_norm, point.grad_norm), (m.mfu, point.mfu)):
             if value is not None:
                 gauge.set(value)
+        self._judge_spikes(point)
         if scalars:
             self._set_scalars(scalars)
         pending, self._pending_eval = self._pending_eval, None
@@ -198,6 +203,15 @@ class TrainingMonitor:
             self._sample_devices()
         if self.server is not None:
             self.server.check()  # a monitor that died comes back, once
+
+    def _judge_spikes(self, point: Point) -> None:
+        loss_spike, grad_spike = self._spikes.observe(point.iteration, point.loss, point.grad_norm, point.lr)
+        for spike, counter, field in ((loss_spike, self.metrics.loss_spikes, "last_loss_spike"),
+                                      (grad_spike, self.metrics.grad_norm_spikes, "last_grad_norm_spike")):
+            if spike is not None:
+                counter.inc()
+                self._update_status(**{field: {"iteration": spike.iteration, "value": spike.value,
+                                               "mean": spike.mean, "sigmas": spike.sigmas}})
 
     def _append(self, point: Point) -> None:
         """A point (new, or the newest amended) to the journal and the metrics log."""

@@ -44,7 +44,8 @@ STATUS_DEFAULTS = {
     "world_size": 1, "state": "starting", "iteration": 0, "max_iterations": 0, "start_time": None,
     "end_time": None, "reason": "", "val_loss": None, "eval_train_loss": None, "best_val_loss": None,
     "parameters_total": None, "dataset": "", "device": "", "dtype": "", "last_checkpoint": None,
-    "last_checkpoint_error": None, "tokens_per_iteration": None,
+    "last_checkpoint_error": None, "tokens_per_iteration": None, "last_loss_spike": None,
+    "last_grad_norm_spike": None,
 }
 RATE_WINDOW_SECONDS = 60.0  # iterations/s over the last minute, like rate(nanogpt_iterations_total[1m])
 READ_SECONDS = 2 * trend.WINDOW_SECONDS  # how far back before the newest point a snapshot reads (History.tail)
@@ -215,6 +216,7 @@ def snapshot(run_id: str, rank: int, fields: dict[str, Any], points: Sequence[Po
         "start_time": s["start_time"], "parameters_total": s["parameters_total"], "dataset": s["dataset"],
         "device": s["device"], "dtype": s["dtype"], "last_checkpoint": s["last_checkpoint"],
         "last_checkpoint_error": s["last_checkpoint_error"],
+        "last_loss_spike": s["last_loss_spike"], "last_grad_norm_spike": s["last_grad_norm_spike"],
         "trend": {"state": loss_trend.state, "improvement_ratio": loss_trend.improvement_ratio,
                   "window_seconds": loss_trend.window_seconds, "threshold": loss_trend.threshold},
         "average_loss": {"window_seconds": trend.WINDOW_SECONDS, "value": trend.average_loss(samples)},

@@ -120,7 +120,8 @@ def monitored_run(cfg: TrainConfig, rank: int = 0):
     run = MonitoredRun(run_id=cfg.run_id, host=cfg.metrics_host, port=cfg.metrics_port,
                        metrics_log=os.path.join(cfg.out_dir, "metrics.jsonl"), linger_seconds=linger_seconds(cfg, rank),
                        web_config=cfg.metrics_web_config or None, directory=cfg.metrics_dir or None,
-                       external=cfg.metrics_external, devices=[cfg.device])
+                       external=cfg.metrics_external, devices=[cfg.device],
+                       spike_window=cfg.metrics_spike_window, spike_sigmas=cfg.metrics_spike_sigmas)
     try:
         run.open()
     except ServeError as e:

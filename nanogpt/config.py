@@ -84,6 +84,10 @@ class TrainConfig:
     # a terminal, else 0 (see nanogpt.cli.linger_seconds)
     metrics_linger: float | None = None
     metrics_web_config: str = ""  # exporter-toolkit web config (basic auth, TLS) for the metrics server; '' = off
+    # a logged loss or grad norm more than this many standard deviations above the mean of the last
+    # metrics_spike_window logged ones is a spike (nanogpt_loss_spikes_total, NanoGPTLossSpike)
+    metrics_spike_window: int = 128
+    metrics_spike_sigmas: float = 6.0
     stop_on_nonfinite: bool = False  # stop as "failed" at a non-finite logged loss, without saving it
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +156,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)!r}")
     if cfg.n_embd % cfg.n_head != 0:
         raise ConfigError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
+    if cfg.metrics_spike_window < 2 or not cfg.metrics_spike_sigmas > 0:
+        raise ConfigError(f"metrics_spike_window must be at least 2 and metrics_spike_sigmas above 0, got "
+                          f"{cfg.metrics_spike_window!r} and {cfg.metrics_spike_sigmas!r}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     if not 0 <= cfg.metrics_port <= 65535:

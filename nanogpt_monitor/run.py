@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config
+from exporter import ServeError, TrainingMonitor, WebConfigError, load_web_config, spikes
 from exporter.journal import generate_run_id
 
 from .gpu import register_gpu_collector
@@ -128,16 +128,19 @@ class MonitoredRun:
     def __init__(self, run_id: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
                  metrics_log: Optional[str | os.PathLike] = None, linger_seconds: float = 0.0,
                  web_config: Optional[str | os.PathLike] = None, directory: Optional[str | os.PathLike] = None,
-                 external: bool = False, remove_dir: Optional[bool] = None, devices: Optional[Iterable] = None):
+                 external: bool = False, remove_dir: Optional[bool] = None, devices: Optional[Iterable] = None,
+                 spike_window: int = spikes.WINDOW, spike_sigmas: float = spikes.SIGMAS):
         """`port`: the node's monitor's (0 = any free port); `linger_seconds`: keep serving that long
         at close(), and if the process dies; `web_config`: basic auth / TLS file; `directory`: the run
         directory (default: one per run id under the temp dir, removed at the end unless
         `remove_dir=False`); `external`: a monitor started separately serves `directory`, none is
         started here; `devices`: GPUs whose health to record (nanogpt_monitor.gpu); `metrics_log`:
-        rank 0's JSON-lines log of every point (rank r writes NAME.rank<r>.jsonl beside it)."""
+        rank 0's JSON-lines log of every point (rank r writes NAME.rank<r>.jsonl beside it);
+        `spike_window`, `spike_sigmas`: how a loss or grad-norm spike is judged (exporter.spikes)."""
         self.run_id, self.host, self.port = run_id, host, int(port)
         self.metrics_log, self.linger_seconds, self.web_config = metrics_log, float(linger_seconds), web_config
         self.directory, self.external, self.devices = directory, external, devices
+        self.spike_window, self.spike_sigmas = int(spike_window), float(spike_sigmas)
         self.remove_dir = directory is None if remove_dir is None else remove_dir
         self.monitor: Optional[TrainingMonitor] = None
         self.server = None
@@ -183,7 +186,8 @@ class MonitoredRun:
             except WebConfigError as e:
                 raise ServeError(str(e)) from None
         monitor = TrainingMonitor(run_id=run_id, rank=where.rank, directory=self.directory,
-                                  metrics_log=_rank_log(self.metrics_log, where.rank), node=where.node)
+                                  metrics_log=_rank_log(self.metrics_log, where.rank), node=where.node,
+                                  spike_window=self.spike_window, spike_sigmas=self.spike_sigmas)
         if serves:
             try:
                 self.server = monitor.serve(host=self.host, port=self.port, web_config=self.web_config or None,

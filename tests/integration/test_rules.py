@@ -16,7 +16,8 @@ from tests.support.rules import ALERT_RULES, RECORDING_RULES, plateau_parameters
 
 PROMETHEUS = REPO / "prometheus"
 SPEC_ALERTS = {"NanoGPTLossPlateau", "NanoGPTLossNotFinite", "NanoGPTTrainingStalled",
-               "NanoGPTValLossRising", "NanoGPTExporterDown"}  # fmt: skip
+               "NanoGPTValLossRising", "NanoGPTExporterDown", "NanoGPTLossSpike",
+               "NanoGPTGradNormSpike"}  # fmt: skip
 
 
 def run_tool(*args: str | Path) -> str:
