@@ -122,7 +122,8 @@ class MetricsLog:
             if not self.path.exists() and not kept:
                 return kept
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(record.json + "\n" for record in [*kept, *samples]), encoding="utf-8")
+            records = sorted([*kept, *samples], key=lambda r: (r.iteration, isinstance(r, Sample)))  # stable
+            tmp.write_text("".join(record.json + "\n" for record in records), encoding="utf-8")
             os.replace(tmp, self.path)
         return kept
 

@@ -73,8 +73,10 @@ def sample(trainer: Trainer, name: str) -> float:
 
 
 def logged_iterations(out_dir: Path) -> list[int]:
-    """Iterations in the metrics log, in file order (every line must parse)."""
-    return [json.loads(line)["iteration"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    """Iterations of the points in the metrics log, in file order (every line must parse; the lines
+    of samples, which carry a "sample" key, are not points)."""
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["iteration"] for line in lines if "sample" not in line]
 
 
 def finite_weights(checkpoint: dict) -> bool:

@@ -78,6 +78,18 @@ def test_a_resume_keeps_the_samples_up_to_its_checkpoint(tmp_path):
     log.close()
 
 
+def test_a_rewritten_log_keeps_each_sample_after_the_point_of_its_iteration(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for iteration in (0, 10, 20, 30):
+        log.append(Point(iteration, 2.0))
+        log.append_sample(Sample(iteration, f"at {iteration}"))
+    log.rewrite(20)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["iteration"], "sample" in line) for line in lines] == [
+        (0, False), (0, True), (10, False), (10, True), (20, False), (20, True)]
+    log.close()
+
+
 def test_a_recorded_sample_is_in_the_metrics_log_and_the_monitors_view(monitor, tmp_path):
     monitor.sample(250, "First Citizen:\nBefore we proceed", prompt="\n", seconds=0.4)
     line = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
