@@ -122,6 +122,20 @@ def write_sample(model, data: CharDataset, cfg: TrainConfig, prompt: str, device
     return events.Sample(iter_num, data.decode(y[0].tolist()), prompt, time.perf_counter() - t0, time.time())
 
 
+def _try_sample(model, data: CharDataset, cfg: TrainConfig, prompt: str, device: torch.device, ctx,
+                iter_num: int) -> events.Sample | None:
+    """write_sample, or None (with a warning) when the model cannot write: a sample is for the page,
+    and weights gone NaN (multinomial refuses their probabilities) must not end a run that its own
+    checks (--stop_on_nonfinite, the alerts) are there to judge. Out of memory still goes up."""
+    try:
+        return write_sample(model, data, cfg, prompt, device, ctx, iter_num)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as e:
+        log.warning("no sample at iteration %d: %s", iter_num, str(e).splitlines()[0])
+        return None
+
+
 def _sample_prompt(cfg: TrainConfig, data: CharDataset) -> str:
     """The prompt to sample from; one with characters the data lacks is a ConfigError before training
     (the default newline, in a text without one, becomes the text's first character)."""
@@ -276,7 +290,9 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                 notify.on_eval(events.EvalResult(iter_num, losses["train"], losses["val"], best_val_loss,
                                                     eval_seconds, time.time()))  # fmt: skip
                 if cfg.sample_chars:
-                    notify.on_sample(write_sample(raw_model, data, cfg, prompt, device, ctx, iter_num))
+                    sample = _try_sample(raw_model, data, cfg, prompt, device, ctx, iter_num)
+                    if sample is not None:
+                        notify.on_sample(sample)
                 if not math.isfinite(losses["val"]):
                     log.warning("not saving a checkpoint: val loss is %s", losses["val"])
                 elif (improved or cfg.always_save_checkpoint) and iter_num > 0:

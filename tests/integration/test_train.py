@@ -184,7 +184,7 @@ def test_stop_on_nonfinite_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_
 def test_eval_only_evaluates_once_and_trains_nothing(tmp_path):
     rec = Recorder()
     result = train(tiny_config(tmp_path, eval_only=True), rec)
-    assert [m for m, _ in rec.events] == ["on_run_start", "on_eval", "on_run_end"]
+    assert [m for m, _ in rec.events] == ["on_run_start", "on_eval", "on_sample", "on_run_end"]
     assert result.iterations_run == 0
 
 
@@ -234,6 +234,14 @@ def test_the_same_weights_write_the_same_sample(tmp_path):
     train(tiny_config(tmp_path / "a", max_iters=0), first)
     train(tiny_config(tmp_path / "b", max_iters=0), second)
     assert first.of("on_sample")[0].text == second.of("on_sample")[0].text
+
+
+def test_weights_gone_nan_write_no_sample_and_training_goes_on(tmp_path, caplog):
+    rec = Recorder()
+    with injected(inject_nonfinite_at=3), caplog.at_level(logging.WARNING, logger="nanogpt"):
+        result = train(tiny_config(tmp_path, max_iters=20, eval_interval=10), rec)
+    assert result.iteration == 20 and [s.iteration for s in rec.of("on_sample")] == [0]
+    assert "no sample at iteration 10: probability tensor contains" in caplog.text
 
 
 def test_no_sample_is_written_with_sample_chars_0(tmp_path):
