@@ -135,10 +135,17 @@ def training() -> dashboard.Dashboard:
          .with_panel(time_chart("Process CPU", "CPU cores used by each trainer process over the last minute.",
                                 query(sel("nanogpt:process_cpu_seconds:rate1m")), unit="percentunit").height(8).span(8))
          .with_panel(time_chart("Tokens / s per rank", "nanogpt:tokens_per_second:rate1m, one line per rank "
-                                "(DDP runs).", query(sel("nanogpt:tokens_per_second:rate1m"))).height(8).span(12))
+                                "(DDP runs).", query(sel("nanogpt:tokens_per_second:rate1m"))).height(8).span(8))
          .with_panel(stat_panel("Non-finite losses", "Logged iterations whose loss was NaN or infinite.",
                                 query(sel("nanogpt_loss_nonfinite_total")), decimals=0)
-                     .thresholds(thresholds((None, "green"), (1, "red"))).height(8).span(6))
+                     .thresholds(thresholds((None, "green"), (1, "red"))).height(8).span(5))
+         .with_panel(stat_panel("Spikes", "Logged losses and grad norms more than 6 sigma above the mean of the "
+                                "last 128 logged (NanoGPTLossSpike, NanoGPTGradNormSpike); /api/status names "
+                                "the last one's iteration.",
+                                query(sel("nanogpt_loss_spikes_total"), legend="loss {{run_id}}"),
+                                query(sel("nanogpt_grad_norm_spikes_total"), legend="grad norm {{run_id}}", ref="B"),
+                                decimals=0, text_mode=BigValueTextMode.VALUE_AND_NAME)
+                     .thresholds(thresholds((None, "green"), (1, "orange"))).height(8).span(5))
          .with_panel(live_page_note().height(8).span(6)))
     return d.with_row(dashboard.Row("History (CSV export)")).with_panel(history_table().height(10).span(24))
 
