@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import diagram
 
@@ -305,31 +305,25 @@ def _tree_items(node: dict, depth: int, first_in_list: bool) -> str:
             f'<details{is_open}><summary>{label}</summary><ul>{inner}{more}</ul></details></li>')
 
 
-_last_tree: tuple = (None, _Html(""))  # (tree, its HTML), swapped whole: a run's tree is drawn once
-_last_diagram: tuple = (None, _Html(""))  # the same, for the diagram
+class _DrawnOnce:
+    """A drawing of the model tree, made once per tree (a run draws its tree once, every page reuses
+    it): the (tree, HTML) pair is swapped whole, so a reader never sees one tree's HTML for another."""
+
+    def __init__(self, draw: Callable[[dict], str]):
+        self.draw, self.last = draw, (None, _Html(""))
+
+    def __call__(self, tree: Optional[dict]) -> _Html:
+        if not isinstance(tree, dict):
+            return _Html("")  # empty until the model is known
+        cached_tree, cached_html = self.last  # one read: another thread may swap the pair meanwhile
+        if cached_tree is tree:
+            return cached_html
+        drawn = _Html(self.draw(tree))
+        self.last = (tree, drawn)
+        return drawn
 
 
-def model_diagram(tree: Optional[dict]) -> _Html:
-    """The architecture diagram (exporter.diagram's SVG, every text escaped there)."""
-    global _last_diagram
-    if not isinstance(tree, dict):
-        return _Html("")
-    cached_tree, cached_svg = _last_diagram
-    if cached_tree is tree:
-        return cached_svg
-    drawn = _Html(diagram.render(tree))
-    _last_diagram = (tree, drawn)
-    return drawn
-
-
-def model_tree(tree: Optional[dict]) -> _Html:
-    """The module tree as nested <details> lists (empty until the model is known), escaped."""
-    global _last_tree
-    if not isinstance(tree, dict):
-        return _Html("")
-    cached_tree, cached_html = _last_tree  # one read: another thread may swap the pair meanwhile
-    if cached_tree is tree:
-        return cached_html
-    drawn = _Html(_tree_items(tree, 0, False))
-    _last_tree = (tree, drawn)
-    return drawn
+# the architecture diagram (exporter.diagram's SVG, every text escaped there), and the module tree
+# as nested <details> lists, escaped
+model_diagram = _DrawnOnce(diagram.render)
+model_tree = _DrawnOnce(lambda tree: _tree_items(tree, 0, False))

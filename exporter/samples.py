@@ -85,7 +85,8 @@ class Samples:
 
     def truncate(self, through: int) -> None:
         """Drop the samples after iteration `through` (a resume from an earlier checkpoint)."""
-        del self._items[bisect.bisect_right([s.iteration for s in self._items], through):]
+        while self._items and self._items[-1].iteration > through:
+            self._items.pop()
 
     def newest(self) -> Optional[Sample]:
         return self._items[-1] if self._items else None
@@ -93,6 +94,6 @@ class Samples:
     def page(self, limit: int, before: Optional[int] = None) -> tuple[list[Sample], bool]:
         """Up to `limit` samples, newest first, all before iteration `before` when given; and
         whether older ones remain."""
-        end = len(self._items) if before is None else bisect.bisect_left([s.iteration for s in self._items], before)
+        end = len(self._items) if before is None else bisect.bisect_left(self._items, before, key=lambda s: s.iteration)
         start = max(0, end - limit)
         return self._items[start:end][::-1], start > 0
