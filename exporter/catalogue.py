@@ -40,6 +40,10 @@ ITERATION_DURATION_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, math.inf,
 )
 
+# SPEC (issue 21): nanogpt_time_seconds_total{phase=...}, where each second of a rank's wall clock
+# went (exporter.phases says how each is measured); "step" is the productive one (goodput).
+PHASES = ("startup", "step", "data_wait", "eval", "checkpoint", "lost")
+
 KINDS = ("gauge", "counter", "summary", "histogram", "info")
 
 # Where a family's samples come from. "monitor": registered by exporter.metrics, present from the
@@ -71,6 +75,9 @@ class Metric:
     initial: float | None = math.nan  # gauges only: the value before any event (NaN = not known yet)
     buckets: tuple[float, ...] = ()  # histograms only
     source: str = "monitor"  # one of SOURCES
+    # created at its first value, not up front: absent where the loop does not measure it (a 0 there
+    # would claim a measurement)
+    when_measured: bool = False
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -113,12 +120,23 @@ METRICS: tuple[Metric, ...] = (
            "Model FLOPs utilisation estimate, 0..1 (NaN until enough steps were timed)."),
     Metric("loss_nonfinite", "nanogpt_loss_nonfinite", "counter",
            "Logged iterations whose training loss was NaN or infinite."),
+    Metric("first_nonfinite_iteration", "nanogpt_loss_first_nonfinite_iteration", "gauge",
+           "Iteration of the first NaN or infinite training loss this process logged (NaN before one): the "
+           "lowest across ranks says which rank saw it first."),
     Metric("loss_spikes", "nanogpt_loss_spikes", "counter",
            "Logged training losses more than N standard deviations above the mean of the last logged ones "
            "(default 6 sigma over 128; exporter.spikes); /api/status says the last one's iteration."),
     Metric("grad_norm_spikes", "nanogpt_grad_norm_spikes", "counter",
            "Logged grad norms more than N standard deviations above the mean of the last logged ones, "
            "judged as the loss is; often the first sign of a loss spike."),
+    Metric("time", "nanogpt_time_seconds", "counter",
+           "Wall-clock seconds of this rank by phase: startup (process start to the first iteration), step, "
+           "data_wait (getting batches), eval, checkpoint, and lost (iterations a resume redoes); step / all is "
+           "the goodput.", label="phase", values=PHASES),
+    Metric("allreduce_wait", "nanogpt_allreduce_wait_seconds", "counter",
+           "Of the step time, seconds this rank waited in DDP's gradient all-reduce after its own gradients were "
+           "ready: long on fast ranks, short on a straggler. Measured where the host waits for it (gloo); absent "
+           "elsewhere.", when_measured=True),
     Metric("last_iteration_timestamp", "nanogpt_last_iteration_timestamp_seconds", "gauge",
            "Unix time the last iteration completed (the run's start time until one has).", initial=0),
     Metric("last_checkpoint_timestamp", "nanogpt_last_checkpoint_timestamp_seconds", "gauge",

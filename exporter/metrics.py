@@ -47,6 +47,19 @@ class Labelled:
         return child
 
 
+class WhenMeasured:
+    """A family without labels besides run_id and rank whose child is created at its first value."""
+
+    def __init__(self, files: SharedFiles, metric: Metric, run_id: str, rank: str):
+        self._files, self._metric, self._labels = files, metric, (run_id, rank)
+        self._child = None
+
+    def inc(self, amount: float = 1.0) -> None:
+        if self._child is None:
+            self._child = _child(self._files, self._metric, LABELS, self._labels)
+        self._child.inc(amount)
+
+
 class TrainingMetrics:
     """The children of every shared catalogue metric for one run_id and rank, as attributes named
     by `Metric.key` (e.g. `metrics.train_loss.set(x)`, `metrics.eval_loss["val"].set(x)`)."""
@@ -59,6 +72,8 @@ class TrainingMetrics:
                 for value in metric.values:
                     family[value]  # created now, so it is in the first scrape
                 setattr(self, metric.key, family)
+            elif metric.when_measured:
+                setattr(self, metric.key, WhenMeasured(files, metric, run_id, rank))
             else:
                 setattr(self, metric.key, _child(files, metric, LABELS, (run_id, rank)))
         self._devices: dict[tuple, SharedValue] = {}

@@ -112,20 +112,22 @@ class MetricsLog:
                 except ValueError as e:  # json.JSONDecodeError is a ValueError
                     log.warning("%s:%d: skipping a malformed line (%s)", self.path, number, e)
 
-    def rewrite(self, last_iteration: int) -> list[Point]:
+    def rewrite(self, last_iteration: int) -> tuple[list[Point], list[Point]]:
         """Keep only the points and samples with iteration <= last_iteration (a resume),
-        atomically; returns the points."""
-        kept = [p for p in self.read() if p.iteration <= last_iteration]
+        atomically; returns (the points kept, the points dropped: the iterations to be redone)."""
+        points = list(self.read())
+        kept = [p for p in points if p.iteration <= last_iteration]
+        dropped = [p for p in points if p.iteration > last_iteration]
         samples = [s for s in self.samples() if s.iteration <= last_iteration]
         with self._lock:
             self._close_locked()
             if not self.path.exists() and not kept:
-                return kept
+                return kept, dropped
             tmp = self.path.with_name(self.path.name + ".tmp")
             records = sorted([*kept, *samples], key=lambda r: (r.iteration, isinstance(r, Sample)))  # stable
             tmp.write_text("".join(record.json + "\n" for record in records), encoding="utf-8")
             os.replace(tmp, self.path)
-        return kept
+        return kept, dropped
 
     def close(self) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from . import spikes
 from .catalogue import INFO_KEYS, MAX_LOGGED_SCALARS
+from .phases import WallClock, process_start_time, redone_seconds
 from .cli import READY_FILE
 from .devices import device_status
 from .journal import JournalWriter, pid_namespace, run_directory
@@ -62,11 +63,13 @@ class TrainingMonitor:
     `directory`: the run directory (default: exporter.journal.run_directory(run_id, node), shared by
     every rank of the run on this node); `metrics_log`: a JSON-lines file of every logged point
     at full resolution (CSV export, resumes); `spike_window`, `spike_sigmas`: how a loss or grad-norm
-    spike is judged (exporter.spikes)."""
+    spike is judged (exporter.spikes); `startup_since`: unix time the startup phase of
+    nanogpt_time_seconds_total begins (default: this process's start, exporter.phases)."""
 
     def __init__(self, run_id: str = "run", rank: int = 0, directory: Optional[str | os.PathLike] = None,
                  metrics_log: Optional[str | os.PathLike] = None, node: int = 0,
-                 spike_window: int = spikes.WINDOW, spike_sigmas: float = spikes.SIGMAS):
+                 spike_window: int = spikes.WINDOW, spike_sigmas: float = spikes.SIGMAS,
+                 startup_since: Optional[float] = None):
         self.run_id, self.rank, self.node = str(run_id), int(rank), int(node)
         self._spikes = spikes.SpikeWatch(spike_window, spike_sigmas, min(spikes.WARMUP, spike_window))
         self.directory = Path(directory) if directory is not None else run_directory(self.run_id, self.node)
@@ -74,6 +77,11 @@ class TrainingMonitor:
         self.files = SharedFiles(self.directory, f"rank{self.rank}")
         self.files.remove()  # what an earlier process of this rank left: this one counts from zero
         self.metrics: TrainingMetrics = create_metrics(self.files, self.run_id, self.rank)
+        phase = self.metrics.time
+        self._startup, self._step, self._data_wait = phase["startup"], phase["step"], phase["data_wait"]
+        if startup_since is None:
+            startup_since = process_start_time() or time.time()
+        self._clock = WallClock(startup_since)
         self.journal = JournalWriter(self.directory, self.rank)
         self.journal.write("opened", run_id=self.run_id, rank=self.rank, pid=os.getpid(),
                            pid_namespace=pid_namespace(), time=time.time())
@@ -147,7 +155,8 @@ class TrainingMonitor:
             self.journal.write("truncate", through=start_iteration - 1)
             return
         self._ema = DebiasedEma()
-        kept = self.metrics_log.rewrite(start_iteration - 1)
+        kept, redone = self.metrics_log.rewrite(start_iteration - 1)
+        self.metrics.time["lost"].inc(redone_seconds(redone))
         for point in kept:
             if point.loss is not None and math.isfinite(point.loss):
                 self.metrics.train_loss_ema.set(self._ema.update(point.loss))
@@ -155,8 +164,12 @@ class TrainingMonitor:
         self.journal.write("history", metrics_log=str(self.metrics_log.path.resolve()), through=start_iteration - 1)
 
     @_guarded
-    def iteration(self, iteration: int, tokens: int, timestamp: Optional[float] = None) -> None:
-        """After every optimizer step: host numbers only, a few shared-memory writes (the hot path)."""
+    def iteration(self, iteration: int, tokens: int, timestamp: Optional[float] = None, data_seconds: float = 0.0,
+                  sync_seconds: Optional[float] = None) -> None:
+        """After every optimizer step: host numbers only, a few shared-memory writes (the hot path).
+
+        `data_seconds`: host time this step spent getting its batches (data_wait);
+        `sync_seconds`: of the step, time waiting in the gradient all-reduce, where measured."""
         m = self.metrics
         timestamp = time.time() if timestamp is None else timestamp
         m.iteration.set(iteration)
@@ -166,6 +179,19 @@ class TrainingMonitor:
         if self._last_iteration_time is not None:
             m.iteration_duration.observe(max(0.0, timestamp - self._last_iteration_time))
         self._last_iteration_time = timestamp
+        startup, data_wait, step = self._clock.iteration(timestamp, data_seconds)
+        if startup:
+            self._startup.inc(startup)
+        self._data_wait.inc(data_wait)
+        self._step.inc(step)
+        if sync_seconds is not None:
+            m.allreduce_wait.inc(max(0.0, sync_seconds))
+
+    def _spent(self, phase: str, seconds: Optional[float]) -> None:
+        """Seconds an eval or a save reported: counted in its phase, left out of the next step."""
+        if seconds is not None and seconds > 0:
+            self.metrics.time[phase].inc(float(seconds))
+            self._clock.set_aside(float(seconds))
 
     @_guarded
     def log(self, iteration: int, loss: float, lr: Optional[float] = None, step_seconds: Optional[float] = None,
@@ -187,6 +213,8 @@ class TrainingMonitor:
             m.logged_loss.observe(loss)
             m.train_loss_ema.set(self._ema.update(loss))
         else:
+            if not m.loss_nonfinite.get():
+                m.first_nonfinite_iteration.set(point.iteration)
             m.loss_nonfinite.inc()
         for gauge, value in ((m.learning_rate, point.lr), (m.grad_norm, point.grad_norm), (m.mfu, point.mfu)):
             if value is not None:
@@ -253,6 +281,7 @@ class TrainingMonitor:
             m.eval_loss["val"].set(val_loss)
         if eval_seconds is not None:
             m.eval_duration.set(float(eval_seconds))
+            self._spent("eval", float(eval_seconds))
         known = {key: value for key, value in (("eval_train_loss", train_loss), ("val_loss", val_loss),
                                                ("best_val_loss", _number(best_val_loss))) if value is not None}
         self._update_status(**known)
@@ -268,6 +297,7 @@ class TrainingMonitor:
         """What the model wrote at an evaluation, for the page and /api/samples: untrusted text,
         cut to exporter.samples.MAX_CHARS; kept in the metrics log beside the points."""
         sample = Sample.bounded(iteration, text, prompt, time.time() if timestamp is None else timestamp, seconds)
+        self._spent("eval", _number(seconds))  # written at an evaluation, and timed out of the step like it
         self.journal.write("sample", **sample.to_json())
         if self.metrics_log is not None:
             self.metrics_log.append_sample(sample)
@@ -278,6 +308,7 @@ class TrainingMonitor:
         """After a checkpoint was written."""
         timestamp = time.time() if timestamp is None else float(timestamp)
         self.metrics.last_checkpoint_timestamp.set(timestamp)
+        self._spent("checkpoint", _number(seconds))
         self._update_status(last_checkpoint={"iteration": int(iteration), "path": str(path),
                                              "seconds": _number(seconds), "timestamp": timestamp})
 

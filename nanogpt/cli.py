@@ -85,7 +85,7 @@ class MonitorObserver(events.Observer):
                        parameters=event.parameters, config=event.config, start_time=event.start_time)
 
     def on_iteration(self, event: events.Iteration) -> None:
-        self.run.step(event.iteration, event.tokens, event.timestamp)
+        self.run.step(event.iteration, event.tokens, event.timestamp, event.data_seconds, event.sync_seconds)
 
     def on_log(self, event: events.LogPoint) -> None:
         self.run.log(event.iteration, event.loss, lr=event.lr, grad_norm=event.grad_norm,

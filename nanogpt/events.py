@@ -45,6 +45,10 @@ class Iteration:
     iteration: int  # the iteration just completed
     tokens: int  # tokens this rank trained on in this iteration
     timestamp: float  # unix seconds
+    data_seconds: float = 0.0  # host time this iteration spent getting its batches
+    # host time waiting in the gradient all-reduce after this rank's gradients were ready
+    # (nanogpt.allreduce_wait); None where it is not measured (one process, NCCL)
+    sync_seconds: Optional[float] = None
 
 
 @dataclass(frozen=True)

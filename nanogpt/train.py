@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt import events
+from nanogpt.allreduce_wait import AllReduceWait
 from nanogpt.checkpoint import CKPT_NAME, CheckpointError, check_model_args, load_checkpoint, save_checkpoint
 from nanogpt.config import ConfigError, TrainConfig, validate
 from nanogpt.data import CharDataset, DataError, get_batch, load_dataset
@@ -258,6 +259,10 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
     checkpoint = None  # free up memory
     fwd_model = torch.compile(raw_model) if cfg.compile else raw_model
     model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else fwd_model
+    allreduce_wait = None  # the host waits for the gradient all-reduce only under gloo (nanogpt.allreduce_wait)
+    if ddp and dist.get_backend() == "gloo":
+        allreduce_wait = AllReduceWait()
+        model.register_comm_hook(None, allreduce_wait.hook)
     peak_flops = cfg.peak_flops or known_peak_flops(device, dtype)  # None: MFU is no figure here
 
     start_iter, start_time = iter_num, time.time()
@@ -269,7 +274,10 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
         model=raw_model))  # fmt: skip
     state, reason, lossf, local_iter, checkpoint_errors, stopped = "finished", "", None, 0, 0, False
     try:
+        # host time spent getting batches (TorchTitan's "data loading time"): the loop waits on it
+        data_started = time.perf_counter()
         X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)  # the very first batch
+        data_seconds = time.perf_counter() - data_started
         # step timing spans log point to log point (both syncs), minus evals and saves in between
         span_start, span_steps, span_excluded = time.perf_counter(), 0, 0.0
         while iter_num <= cfg.max_iters:
@@ -316,7 +324,9 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
                     _, loss = model(X, Y)
                     loss = loss / gas  # scale: gradients add up over micro-steps
                 # fetch the next batch while the device works on the forward pass
+                data_started = time.perf_counter()
                 X, Y = get_batch(data.train, cfg.batch_size, cfg.block_size, device)
+                data_seconds += time.perf_counter() - data_started
                 scaler.scale(loss).backward()
             grad_norm = None  # a device tensor: read (synced) only at log points
             if cfg.grad_clip != 0.0:
@@ -326,7 +336,9 @@ def train(config: TrainConfig, observer: events.Observer | None = None, stop: St
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             span_steps += 1
-            notify.on_iteration(events.Iteration(iter_num, tokens_per_iter, time.time()))
+            sync_seconds = allreduce_wait.take() if allreduce_wait is not None else None
+            notify.on_iteration(events.Iteration(iter_num, tokens_per_iter, time.time(), data_seconds, sync_seconds))
+            data_seconds = 0.0
 
             if logged:
                 lossf = loss.item() * gas  # CPU-GPU sync point, as in nanoGPT

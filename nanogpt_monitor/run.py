@@ -235,13 +235,17 @@ class MonitoredRun:
     def _reset_span(self) -> None:
         self._span_start, self._span_tokens, self._span_steps, self._span_excluded = time.perf_counter(), 0, 0, 0.0
 
-    def step(self, iteration: int, tokens: int = 0, timestamp: Optional[float] = None) -> None:
-        """After every optimizer step: host numbers only, no I/O (the per-step hot path)."""
+    def step(self, iteration: int, tokens: int = 0, timestamp: Optional[float] = None, data_seconds: float = 0.0,
+             sync_seconds: Optional[float] = None) -> None:
+        """After every optimizer step: host numbers only, no I/O (the per-step hot path).
+        `data_seconds`: the host time this step spent getting its batches (the loop's own
+        measure; 0 when it has none, and then that time counts as step); `sync_seconds`: of the
+        step, the time spent waiting in the gradient all-reduce, where the loop measures it."""
         try:  # guarded inline, as _guarded does: a wrapper's call would double this method's cost
             self.iteration = iteration
             self._span_tokens += tokens
             self._span_steps += 1
-            self.monitor.iteration(iteration, tokens, timestamp)
+            self.monitor.iteration(iteration, tokens, timestamp, data_seconds, sync_seconds)
         except Exception as e:  # monitoring must never break the training it watches
             self.report_error("step", e)
 

@@ -30,13 +30,17 @@ def scraped_families(tmp_path):
 # a family whose label values the run chooses has no series until it logs one (nor HELP: mmap files
 # hold samples, not families)
 CHOSEN_LABELS = {m.name for m in catalogue.REGISTERED if m.label and not m.values}
+# a family the loop may not measure has no series until its first value
+WHEN_MEASURED = {m.name for m in catalogue.REGISTERED if m.when_measured}
 
 
 def test_the_registry_serves_exactly_the_catalogue_less_the_per_gpu_families(scraped_families):
     assert CHOSEN_LABELS == {"nanogpt_logged_scalar"}
-    assert sorted(scraped_families) == sorted(m.name for m in catalogue.REGISTERED if m.name not in CHOSEN_LABELS)
+    assert WHEN_MEASURED == {"nanogpt_allreduce_wait_seconds"}
+    later = CHOSEN_LABELS | WHEN_MEASURED
+    assert sorted(scraped_families) == sorted(m.name for m in catalogue.REGISTERED if m.name not in later)
     for metric in catalogue.REGISTERED:
-        if metric.name not in CHOSEN_LABELS:
+        if metric.name not in later:
             assert scraped_families[metric.name][0] == metric.kind, metric.name
 
 
@@ -47,6 +51,15 @@ def test_a_logged_value_s_family_is_the_catalogue_s(tmp_path):
     metric = catalogue.BY_KEY["logged_scalar"]
     assert (family.type, family.documentation) == (metric.kind, metric.help)
     assert [set(s.labels) for s in family.samples] == [set(metric.labels)]
+
+
+def test_the_allreduce_wait_appears_with_its_first_measured_value(tmp_path):
+    monitor = TrainingMonitor(run_id="r", rank=0, directory=tmp_path / "run")
+    monitor.iteration(1, 64, timestamp=100.0)
+    assert "nanogpt_allreduce_wait_seconds" not in read_back(monitor).families()
+    monitor.iteration(2, 64, timestamp=101.0, sync_seconds=0.25)
+    family = read_back(monitor).families()["nanogpt_allreduce_wait_seconds"]
+    assert (family.type, [s.value for s in family.samples]) == ("counter", [0.25])
 
 
 def test_the_gpu_collector_serves_exactly_the_catalogue_gpu_families(tmp_path):

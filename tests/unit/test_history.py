@@ -99,14 +99,16 @@ def test_rewrite_keeps_points_up_to_the_resume_iteration_and_appends_continue(tm
     log = MetricsLog(tmp_path / "m.jsonl")
     for i in range(10):
         log.append(point(i))
-    assert [p.iteration for p in log.rewrite(6)] == list(range(7))
+    kept, dropped = log.rewrite(6)
+    assert [p.iteration for p in kept] == list(range(7))
+    assert [p.iteration for p in dropped] == [7, 8, 9]
     log.append(point(7, loss=0.25))
     assert [(p.iteration, p.loss) for p in log.read()][-2:] == [(6, point(6).loss), (7, 0.25)]
 
 
 def test_reading_a_missing_log_gives_nothing(tmp_path):
     assert list(MetricsLog(tmp_path / "none.jsonl").read()) == []
-    assert MetricsLog(tmp_path / "none.jsonl").rewrite(5) == []
+    assert MetricsLog(tmp_path / "none.jsonl").rewrite(5) == ([], [])
     assert not (tmp_path / "none.jsonl").exists()
 
 
