@@ -4,7 +4,8 @@ that the test serves, all on 127.0.0.1.
 Prometheus runs a test-sized copy of prometheus/rules/ (every duration divided
 by 60: 10m windows become 10s, the 20m warm-up 20s, `for: 10m` 10s), and
 Alertmanager runs prometheus/alertmanager.yml with its `default` receiver
-pointed at the webhook and its waits cut to a second.
+pointed at the webhook and its waits cut to a second (the `stack` fixture:
+tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,34 +16,11 @@ import time
 
 import pytest
 
-from tests.support.alerting import SCALE, Webhook, alertmanager_config, delivered
-from tests.support.procs import FAULTY_TRAINER, Alertmanager, Prometheus, Trainer, http_json, wait_until
-from tests.support.rules import plateau_parameters, write_scaled_rules
+from tests.support.alerting import SCALE, delivered
+from tests.support.procs import http_json, wait_until
+from tests.support.rules import plateau_parameters
 
 RUN = ["--max_iters=1000000", "--log_interval=1", "--eval_interval=1000000"]  # runs until stopped
-
-
-@pytest.fixture
-def stack(tmp_path):
-    """start(trainer args...) -> (trainer, webhook): a trainer (taking the fault options of
-    tests.support.faulty_train) scraped by Prometheus, alerting via Alertmanager."""
-    started = []
-    webhook = Webhook()
-
-    def start(*trainer_args: str):
-        trainer = Trainer(tmp_path / "trainer", *trainer_args, command=FAULTY_TRAINER)
-        started.append(trainer)
-        alertmanager = Alertmanager(tmp_path / "alertmanager", alertmanager_config(webhook.url))
-        started.append(alertmanager)
-        rule_files = write_scaled_rules(tmp_path / "rules", SCALE)
-        started.append(Prometheus(tmp_path / "prometheus", [trainer.target], rule_files=rule_files,
-                                  alertmanager=alertmanager.address))  # fmt: skip
-        return trainer, webhook
-
-    yield start
-    for process in reversed(started):
-        process.stop()
-    webhook.close()
 
 
 @pytest.mark.slow
