@@ -175,6 +175,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("gpu_memory_peak_allocated", "nanogpt_gpu_memory_peak_allocated_bytes", "gauge",
            "Peak device memory held by this process's tensors since it started "
            "(torch.cuda.max_memory_allocated).", source="gpu"),
+    Metric("gpu_allocator_retries", "nanogpt_gpu_allocator_retries", "counter",
+           "Times this process's caching allocator failed a cudaMalloc, freed its cached blocks and retried "
+           "(torch.cuda.memory_stats num_alloc_retries): memory pressure before an OOM, and slow steps.",
+           source="gpu"),
+    Metric("gpu_allocator_ooms", "nanogpt_gpu_allocator_ooms", "counter",
+           "Out-of-memory errors this process's caching allocator raised (torch.cuda.memory_stats num_ooms), "
+           "caught or not.", source="gpu"),
     # NVML: the whole device, every process on it.
     Metric("gpu_memory_used", "nanogpt_gpu_memory_used_bytes", "gauge",
            "Device memory in use by all processes (NVML).", source="gpu"),

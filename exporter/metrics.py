@@ -3,7 +3,7 @@
 Every series is created up front so it exists from the first scrape; values not known yet (a loss
 before the first log point, an MFU without a known peak) start as NaN, never as a made-up 0. Two
 families are not written here: `nanogpt_run_info` (mmap files carry no Info; the monitor makes it
-from the journal) and the per-GPU families (`device_gauge` writes them when a device collector is
+from the journal) and the per-GPU families (`device_value` writes them when a device collector is
 read).
 """
 
@@ -91,13 +91,15 @@ class TrainingMetrics:
     def set_config_field(self, field: str, value: float) -> None:
         self.model_config[field].set(value)
 
-    def device_gauge(self, name: str, help_text: str, labels: dict[str, str]) -> SharedValue:
-        """The gauge of a device collector's sample (a `gpu`-labelled family), created on first use."""
-        key = (name, tuple(labels.items()))
+    def device_value(self, kind: str, family: str, sample: str, help_text: str,
+                     labels: dict[str, str]) -> SharedValue:
+        """The value of a device collector's sample (a `gpu`-labelled gauge or counter family, the
+        collector's running figure set as it is), created on first use."""
+        key = (sample, tuple(labels.items()))
         value = self._devices.get(key)
         if value is None:
-            value = self._devices[key] = self.files.value("gauge", name, name, tuple(labels), tuple(labels.values()),
-                                                          help_text)
+            value = self._devices[key] = self.files.value(kind, family, sample, tuple(labels),
+                                                          tuple(labels.values()), help_text)
         return value
 
 

@@ -366,7 +366,8 @@ class TrainingMonitor:
         families = [family for collector in self._device_collectors for family in collector.collect()]
         for family in families:
             for sample in family.samples:
-                self.metrics.device_gauge(sample.name, family.documentation, sample.labels).set(sample.value)
+                self.metrics.device_value(family.type, family.name, sample.name, family.documentation,
+                                          sample.labels).set(sample.value)
         self.journal.write("devices", gpus=device_status(families))
 
     # --- errors and state ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Iterator, Optional
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from exporter.catalogue import BY_KEY, GPU_METRICS
 
@@ -64,7 +64,8 @@ class GpuCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """One family per catalogue GPU metric that has samples; nothing without a usable GPU."""
-        families = {m.key: GaugeMetricFamily(m.name, m.help, labels=m.labels) for m in GPU_METRICS}
+        families = {m.key: (CounterMetricFamily if m.kind == "counter" else GaugeMetricFamily)(
+            m.name, m.help, labels=m.labels) for m in GPU_METRICS}
         try:
             for index in self._indices():
                 self._collect_device(index, families)
@@ -109,6 +110,9 @@ class GpuCollector:
         add("gpu_memory_allocated", cuda.memory_allocated(index))
         add("gpu_memory_reserved", cuda.memory_reserved(index))
         add("gpu_memory_peak_allocated", cuda.max_memory_allocated(index))
+        stats = cuda.memory_stats(index)  # the allocator's own counts, on the host too
+        add("gpu_allocator_retries", stats.get("num_alloc_retries", 0))
+        add("gpu_allocator_ooms", stats.get("num_ooms", 0))
         nvml = self._nvml_module()
         handle = self._handle(nvml, uuid) if nvml else None
         if handle is None:

@@ -26,6 +26,8 @@ class FakeGpu:
     allocated: int = 3 * GIB
     reserved: int = 4 * GIB
     peak_allocated: int = 5 * GIB
+    alloc_retries: int = 3
+    ooms: int = 1
     nvml_used: int = 6 * GIB
     nvml_total: int = 143771 * 1024**2
     utilization_percent: int = 87
@@ -64,6 +66,10 @@ class FakeCuda:
 
     def max_memory_allocated(self, device=None) -> int:
         return self.gpus[device].peak_allocated
+
+    def memory_stats(self, device=None) -> dict:
+        gpu = self.gpus[device]
+        return {"num_alloc_retries": gpu.alloc_retries, "num_ooms": gpu.ooms, "num_sync_all_streams": 0}
 
 
 class FakeNvml:

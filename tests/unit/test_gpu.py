@@ -111,6 +111,8 @@ def test_each_reading_maps_to_its_metric_in_base_units(monitor_with):
         "nanogpt_gpu_memory_allocated_bytes": device.allocated,
         "nanogpt_gpu_memory_reserved_bytes": device.reserved,
         "nanogpt_gpu_memory_peak_allocated_bytes": device.peak_allocated,
+        "nanogpt_gpu_allocator_retries_total": device.alloc_retries,
+        "nanogpt_gpu_allocator_ooms_total": device.ooms,
         "nanogpt_gpu_memory_used_bytes": device.nvml_used,
         "nanogpt_gpu_memory_total_bytes": device.nvml_total,
         "nanogpt_gpu_utilization_ratio": 0.87,
@@ -161,7 +163,8 @@ def test_without_nvml_only_torch_figures_and_the_device_total_remain(monitor_wit
     monitor = monitor_with([device], nvml=False)
     assert sorted(gpu_families(monitor)) == sorted([
         "nanogpt_gpu_memory_allocated_bytes", "nanogpt_gpu_memory_reserved_bytes",
-        "nanogpt_gpu_memory_peak_allocated_bytes", "nanogpt_gpu_memory_total_bytes"])
+        "nanogpt_gpu_memory_peak_allocated_bytes", "nanogpt_gpu_allocator_retries", "nanogpt_gpu_allocator_ooms",
+        "nanogpt_gpu_memory_total_bytes"])
     assert value(monitor, "nanogpt_gpu_memory_total_bytes", **device_labels(device)) == device.total_memory
     assert errors(monitor) == 0
 
