@@ -17,7 +17,8 @@ from tests.support.rules import ALERT_RULES, RECORDING_RULES, plateau_parameters
 PROMETHEUS = REPO / "prometheus"
 SPEC_ALERTS = {"NanoGPTLossPlateau", "NanoGPTLossNotFinite", "NanoGPTTrainingStalled",
                "NanoGPTValLossRising", "NanoGPTExporterDown", "NanoGPTLossSpike",
-               "NanoGPTGradNormSpike"}  # fmt: skip
+               "NanoGPTGradNormSpike", "NanoGPTLowGoodput", "NanoGPTInputBound",
+               "NanoGPTStragglerRank"}  # fmt: skip
 
 
 def run_tool(*args: str | Path) -> str:
