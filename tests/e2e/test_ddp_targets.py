@@ -20,8 +20,10 @@ def ddp(tmp_path_factory):
     prometheus = Prometheus(workdir / "prometheus", [f"127.0.0.1:{port}"])
     trainer = None
     try:
+        # a loader slowed from outside (0.15 s a batch, 40 batches a rank) keeps both ranks alive for
+        # some seconds of scrapes: a rank's process figures go with its process
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "nanogpt"]
+                    "-m", "tests.support.faulty_train", "--slow_data_seconds=0.15"]
         trainer = Trainer(workdir, f"--metrics-port={port}", f"--run-id={RUN_ID}", "--max_iters=20",
                           "--gradient_accumulation_steps=2", "--eval_interval=10", "--eval_iters=2",
                           "--log_interval=5", "--metrics-linger=600", command=torchrun, wait_for_metrics=False)

@@ -45,6 +45,8 @@ def trainer_values(t: int) -> dict[str, float]:
         "gpu_memory_peak_allocated": 66 * GIB, "gpu_memory_used": 72 * GIB, "gpu_memory_total": 141 * GIB,
         "gpu_utilization": 0.9 + 0.05 * wobble, "gpu_power": 600 + 50 * wobble,
         "gpu_temperature": 65 + 3 * wobble, "gpu_sm_clock": 1.98e9,
+        # counters: a retry every ten minutes, no OOM
+        "gpu_allocator_retries": t // 600, "gpu_allocator_ooms": 0.0,
     }
 
 
@@ -53,10 +55,11 @@ def openmetrics(start: int) -> str:
     times = range(start, start + 60 * MINUTES + 1, SCRAPE_SECONDS)
     lines = []
 
-    def family(name: str, series: list[tuple[str, callable]]) -> None:
-        lines.append(f"# TYPE {name} gauge")
+    def family(name: str, series: list[tuple[str, callable]], kind: str = "gauge") -> None:
+        lines.append(f"# TYPE {name} {kind}")
+        sample = f"{name}_total" if kind == "counter" else name
         for label_text, value in series:
-            lines.extend(f"{name}{label_text} {value(t):g} {t}" for t in times)
+            lines.extend(f"{sample}{label_text} {value(t):g} {t}" for t in times)
 
     trainer = [(rank, dict(job="nanogpt", instance=f"trainer:{8000 + rank}", run_id=RUN_ID, rank=str(rank),
                            gpu=index, uuid=uuid, name=NAME)) for rank, index, uuid, _ in DEVICES]
@@ -67,7 +70,7 @@ def openmetrics(start: int) -> str:
                                  for _, base in trainer for reason in THROTTLE_BITS])
         else:
             family(metric.name, [(labels(**base), lambda t, key=metric.key: trainer_values(t)[key])
-                                 for _, base in trainer])
+                                 for _, base in trainer], metric.kind)
     for name, value in (("nanogpt_training_start_time_seconds", lambda t: start),
                         ("nanogpt_training_state", lambda t: 1.0)):
         extra = {"state": "running"} if name == "nanogpt_training_state" else {}
