@@ -15,6 +15,22 @@ the node. Tokens are counted from the shape of the `input_ids` the
 model is called with in training (a forward pre-hook: shapes only, no device
 sync), so tokens/s shows whenever the batch carries them.
 
+Where the time goes (nanogpt_time_seconds_total{phase}): the Trainer fetches
+all of a step's batches (get_batch_samples: next() on its DataLoader once per
+accumulated batch, moving each to the device) after the previous step's
+on_step_end and its log, evaluation and save, and before the step's
+on_step_begin; at an epoch's start, after on_epoch_begin. So a step's
+data_wait is the time from the callback's last event before the fetch
+(on_step_end, on_log, on_evaluate, on_save or on_epoch_begin, whichever came
+last) to its on_step_begin. Callbacks listed after this one in those events,
+and before it in on_step_begin, run inside that span: list it last. With
+accelerate's default blocking copy to a GPU the span also holds the wait for
+the device to finish the previous step (docs/loops.md). An evaluation's
+`eval` seconds are the Trainer's own `eval_runtime` (any `*_runtime` in
+on_evaluate's metrics, with or without an eval loss); a save's `checkpoint`
+seconds run from the callback's last event before it (on_step_end, on_log or
+on_evaluate) to on_save.
+
 transformers is imported when `MonitorCallback` is first looked up, not
 with this module, so `import nanogpt_monitor` needs no transformers.
 """
@@ -23,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 from .run import MonitoredRun, guarded_hook
 
@@ -65,6 +82,8 @@ def _callback_class():
             self._tokens = [0]  # tokens since the last optimizer step, added by the forward hook
             self._hook = None
             self._extra: dict = {}  # eval figures, sent with the next log point
+            self._mark = None  # perf_counter of this callback's last event between two steps (docstring)
+            self._data = 0.0  # seconds this step's batches took to fetch, for its on_step_end
 
         @guarded_hook
         def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -75,13 +94,29 @@ def _callback_class():
                 self._hook = model.register_forward_pre_hook(
                     functools.partial(_count_input_tokens, self._tokens), with_kwargs=True)
 
+        def _marked(self) -> None:
+            """Between two steps (after on_step_end or on_epoch_begin), this event's time is the mark."""
+            if self._mark is not None:
+                self._mark = time.perf_counter()
+
+        @guarded_hook
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self._mark = time.perf_counter()  # the epoch's DataLoader iterator and first fetch come next
+
+        @guarded_hook
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self._mark is not None:
+                self._data, self._mark = time.perf_counter() - self._mark, None
+
         @guarded_hook
         def on_step_end(self, args, state, control, **kwargs):
-            self.run.step(state.global_step, self._tokens[0])
-            self._tokens[0] = 0
+            self.run.step(state.global_step, self._tokens[0], data_seconds=self._data)
+            self._tokens[0], self._data = 0, 0.0
+            self._mark = time.perf_counter()
 
         @guarded_hook
         def on_log(self, args, state, control, logs=None, **kwargs):
+            self._marked()  # after the loss's gather and .item() (a sync): the step's, not the fetch's
             logs = logs or {}
             if "loss" not in logs:  # an eval or end-of-training summary: no training loss to log
                 return
@@ -96,16 +131,22 @@ def _callback_class():
             metrics = metrics or {}
             self._extra.update({k: v for k, v in metrics.items() if k != "eval_loss"
                                 and isinstance(v, (int, float)) and not isinstance(v, bool)})
-            if "eval_loss" in metrics:
-                self.run.evaluated(state.global_step, metrics["eval_loss"], seconds=metrics.get("eval_runtime"))
+            seconds = next((v for k, v in metrics.items() if k.endswith("_runtime")
+                            and isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+            if "eval_loss" in metrics or seconds:  # without a loss too: its seconds are eval's, not step's
+                self.run.evaluated(state.global_step, metrics.get("eval_loss"), seconds=seconds)
+            self._marked()
 
         @guarded_hook
         def on_save(self, args, state, control, **kwargs):
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            self.run.checkpoint_saved(state.global_step, path=path)
+            seconds = time.perf_counter() - self._mark if self._mark is not None else None
+            self.run.checkpoint_saved(state.global_step, path=path, seconds=seconds)
+            self._marked()
 
         @guarded_hook
         def on_train_end(self, args, state, control, **kwargs):
+            self._mark = None
             if self._hook is not None:
                 self._hook.remove()
                 self._hook = None
