@@ -23,6 +23,7 @@ from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, Dashboa
 from grafana_foundation_sdk.models.text import TextMode
 
 from .gpu_panels import gpu_row, mobile_gpu_panels
+from .time_panels import annotations, goodput_stat, time_row
 from .panels import (
     DATASOURCE, LEGEND, bar_gauge, bottom_legend, eta_panel, firing_alerts_panel, history_table, loss_chart,
     loss_now_panel, model_sel, quantile_expr, query, run_variables, sel, stat_panel, state_panel, thresholds,
@@ -38,7 +39,7 @@ def base(uid: str, title: str, description: str) -> dashboard.Dashboard:
     """Shared settings: uid-based datasource, the run variables, a link to the live page."""
     return (dashboard.Dashboard(title).uid(uid).description(description).tags(["nanogpt"])
             .time("now-1h", "now").refresh("10s").timezone("browser").tooltip(DashboardCursorSync.CROSSHAIR)
-            .readonly().variables(run_variables())
+            .readonly().variables(run_variables()).annotations(annotations())
             .link(dashboard.DashboardLink("Trainer live page").type(DashboardLinkType.LINK).url(LIVE_PAGE)
                   .icon("external link").target_blank(True)
                   .tooltip("The trainer's own page (full-resolution history, works without Prometheus)")))
@@ -109,6 +110,7 @@ def training() -> dashboard.Dashboard:
                                 query(sel("nanogpt_learning_rate"))).height(8).span(8))
          .with_panel(time_chart("Grad norm", "Gradient norm before clipping (nanogpt_grad_norm).",
                                 query(sel("nanogpt_grad_norm"))).height(8).span(8)))
+    d = time_row(d)  # where the GPU-hours go: goodput, stragglers, spikes, input stalls
     d = gpu_row(d)  # device health beside the loss (empty without a GPU)
     d = (d.with_row(dashboard.Row("Model"))
          .with_panel(stat_panel("Model shape", "nanogpt_model_config: n_layer, n_head, n_embd, block_size, "
@@ -138,15 +140,8 @@ def training() -> dashboard.Dashboard:
                                 "(DDP runs).", query(sel("nanogpt:tokens_per_second:rate1m"))).height(8).span(8))
          .with_panel(stat_panel("Non-finite losses", "Logged iterations whose loss was NaN or infinite.",
                                 query(sel("nanogpt_loss_nonfinite_total")), decimals=0)
-                     .thresholds(thresholds((None, "green"), (1, "red"))).height(8).span(5))
-         .with_panel(stat_panel("Spikes", "Logged losses and grad norms more than 6 sigma above the mean of the "
-                                "last 128 logged (NanoGPTLossSpike, NanoGPTGradNormSpike); /api/status names "
-                                "the last one's iteration.",
-                                query(sel("nanogpt_loss_spikes_total"), legend="loss {{run_id}}"),
-                                query(sel("nanogpt_grad_norm_spikes_total"), legend="grad norm {{run_id}}", ref="B"),
-                                decimals=0, text_mode=BigValueTextMode.VALUE_AND_NAME)
-                     .thresholds(thresholds((None, "green"), (1, "orange"))).height(8).span(5))
-         .with_panel(live_page_note().height(8).span(6)))
+                     .thresholds(thresholds((None, "green"), (1, "red"))).height(8).span(8))
+         .with_panel(live_page_note().height(8).span(8)))
     return d.with_row(dashboard.Row("History (CSV export)")).with_panel(history_table().height(10).span(24))
 
 
@@ -162,10 +157,10 @@ def live_page_note() -> text.Panel:
 def mobile() -> dashboard.Dashboard:
     """Phone view: one column of short, full-width panels, most important first."""
     d = base("nanogpt-mobile", "nanoGPT mobile",
-             "What to check on a phone: state, loss, trend, ETA, alerts, GPU busy and memory.")
+             "What to check on a phone: state, loss, trend, ETA, alerts, goodput, GPU busy and memory.")
     for panel, height in ((state_panel(), 3),
                           (loss_now_panel("Loss now"), 4),
-                          (trend_panel(), 3), (eta_panel(), 3), (firing_alerts_panel(), 3),
+                          (trend_panel(), 3), (eta_panel(), 3), (firing_alerts_panel(), 3), (goodput_stat(), 3),
                           *((panel, 3) for panel in mobile_gpu_panels()),
                           (loss_chart(evals=False), 8)):
         d = d.with_panel(panel.height(height).span(24))
@@ -173,10 +168,14 @@ def mobile() -> dashboard.Dashboard:
 
 
 def render(board: dashboard.Dashboard) -> str:
-    """Dashboard JSON as committed: panel ids 1.. in JSON order, sorted keys, 2-space indent."""
+    """Dashboard JSON as committed: panel ids 1.. in JSON order, sorted keys, 2-space indent; the
+    annotations drawn on the loss chart alone."""
     model = board.build()
     for number, panel in enumerate(model.panels or [], start=1):
         panel.id_val = number
+    [loss_chart_id] = [p.id_val for p in model.panels if p.type_val == "timeseries" and p.title == "Loss"]
+    for annotation in model.annotations.list_val or []:
+        annotation.filter_val.ids = [loss_chart_id]
     return json.dumps(json.loads(json.dumps(model, cls=JSONEncoder)), indent=2, sort_keys=True) + "\n"
 
 

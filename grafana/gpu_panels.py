@@ -84,19 +84,34 @@ def utilization_stat(title: str = "GPU utilisation"):
             .thresholds(thresholds((None, "red"), (0.5, "green"))))
 
 
+def allocator_stat():
+    """The caching allocator's retries and OOMs over the time range: memory pressure before an OOM ends the run."""
+    return (stat_panel("Allocator retries / OOMs", "Times this process's caching allocator freed its cache and "
+                       "retried a cudaMalloc, and the out-of-memory errors it raised, in the time range "
+                       "(torch.cuda.memory_stats num_alloc_retries, num_ooms). Retries slow every step they "
+                       "happen in; a steady count means the batch nearly fills the device.",
+                       query(f'increase({sel("nanogpt_gpu_allocator_retries_total")}[$__range])',
+                             legend="retries " + GPU_LEGEND, instant=True),
+                       query(f'increase({sel("nanogpt_gpu_allocator_ooms_total")}[$__range])',
+                             legend="OOMs " + GPU_LEGEND, ref="B", instant=True),
+                       decimals=0, text_mode=BigValueTextMode.VALUE_AND_NAME)
+            .thresholds(thresholds((None, "green"), (1, "orange"))))
+
+
 def gpu_row(d: dashboard.Dashboard) -> dashboard.Dashboard:
     """The training dashboard's GPU row: busy, memory, power, heat, clocks and throttling."""
     return (d.with_row(dashboard.Row("GPU"))
-            .with_panel(utilization_stat().height(4).span(6))
-            .with_panel(memory_full_stat().height(4).span(6))
+            .with_panel(utilization_stat().height(4).span(5))
+            .with_panel(memory_full_stat().height(4).span(5))
             .with_panel(stat_panel("Peak memory", "Peak memory held by this process's tensors "
                                    "(torch.cuda.max_memory_allocated).",
                                    query(sel("nanogpt_gpu_memory_peak_allocated_bytes"), legend=GPU_LEGEND),
-                                   unit="bytes", decimals=1).height(4).span(6))
+                                   unit="bytes", decimals=1).height(4).span(5))
+            .with_panel(allocator_stat().height(4).span(4))
             .with_panel(stat_panel("GPU", "Device name and total memory of each selected run and rank.",
                                    query(sel("nanogpt_gpu_memory_total_bytes"), legend="{{name}} ({{uuid}})"),
                                    unit="bytes", decimals=0, text_mode=BigValueTextMode.VALUE_AND_NAME)
-                        .height(4).span(6))
+                        .height(4).span(5))
             .with_panel(utilization_chart().height(8).span(12))
             .with_panel(memory_chart().height(8).span(12))
             .with_panel(time_chart("GPU power", "Power draw: NVML via the trainer, and DCGM's POWER_USAGE.",

@@ -149,10 +149,12 @@ def firing_alerts_panel() -> stat.Panel:
 
 
 def loss_chart(title: str = "Loss", evals: bool = True) -> timeseries.Panel:
-    """Train loss, its EMA and the eval losses over time; eval and checkpoint markers as bars."""
+    """Train loss, its EMA and the eval losses over time; evaluation markers as bars (checkpoints,
+    spikes and starts are the dashboard's annotations, grafana/time_panels.py)."""
     panel = (timeseries.Panel().title(title).datasource(DATASOURCE)
              .description("Training loss at each logged iteration, its debiased EMA (smoothed), and the "
-                          "eval losses. Bars mark evaluations and checkpoint saves.")
+                          "eval losses. Bars mark evaluations; the dashboard's annotations mark checkpoints, "
+                          "loss and grad-norm spikes and process starts (a resume starts a new one).")
              .with_target(query(sel("nanogpt_train_loss"), legend="train " + LEGEND))
              .with_target(query(sel("nanogpt_train_loss_ema"), legend="smoothed " + LEGEND, ref="B"))
              .legend(bottom_legend())
@@ -174,14 +176,10 @@ def loss_chart(title: str = "Loss", evals: bool = True) -> timeseries.Panel:
             .with_target(query(sel("nanogpt_eval_loss", 'split="val"'), legend="eval val " + LEGEND, ref="D"))
             # $__rate_interval > the step + one scrape, so no change falls between two windows.
             .with_target(query(f"changes({val_loss}[$__rate_interval]) > 0", legend="evaluation " + LEGEND, ref="E"))
-            .with_target(query(f'changes({sel("nanogpt_last_checkpoint_timestamp_seconds")}[$__rate_interval]) > 0',
-                               legend="checkpoint " + LEGEND, ref="F"))
             .override_by_regexp("^eval .*", [DynamicConfigValue(id_val="custom.showPoints", value="always"),
                                               DynamicConfigValue(id_val="custom.pointSize", value=6)])
             .override_by_query("E", [*markers, DynamicConfigValue(id_val="color", value={
-                "mode": "fixed", "fixedColor": "yellow"})])
-            .override_by_query("F", [*markers, DynamicConfigValue(id_val="color", value={
-                "mode": "fixed", "fixedColor": "purple"})]))
+                "mode": "fixed", "fixedColor": "yellow"})]))
 
 
 def time_chart(title: str, description: str, *targets: prometheus.Dataquery, unit: str = "none") -> timeseries.Panel:

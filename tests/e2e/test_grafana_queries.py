@@ -1,6 +1,6 @@
 """Every query of both Grafana dashboards, run on real data.
 
-A short real training is scraped by a real Prometheus (Debian package) that
+A short real training (two gloo ranks under torchrun) is scraped by a real Prometheus (Debian package) that
 loads the project's recording and alert rules. Each panel target, with the
 template variables substituted as Grafana would, goes through Prometheus' HTTP
 API (instant targets to /query, the others to /query_range over the run) and
@@ -11,6 +11,7 @@ mention must be in the trainer's /metrics or be a recording rule.
 from __future__ import annotations
 
 import re
+import sys
 import time
 
 import pytest
@@ -19,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import catalogue
 from tests.support.grafana import (
-    ALWAYS_FIRING, PANEL_DATA_READY, generator_module, is_gpu_query, load_dashboards, parse_label_values,
-    queries_without_data, substitute, targets, variable_query, variables,
+    ALWAYS_FIRING, DDP_PANEL_DATA_READY, annotations_without_data, generator_module, is_gpu_query, load_dashboards,
+    parse_label_values, queries_without_data, substitute, targets, variable_query, variables,
 )
-from tests.support.procs import PROMETHEUS_RULES, Prometheus, Trainer, http_get, wait_until
+from tests.support.procs import FAULTY_TRAINER, PROMETHEUS_RULES, Prometheus, Trainer, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +42,20 @@ def stack(tmp_path_factory):
     rules.write_text(yaml.safe_dump(ALWAYS_FIRING))
     trainer = prometheus = None
     try:
-        # Long enough to stay running while the queries run; stopped below.
+        # Two gloo ranks (the straggler panels need the all-reduce wait, measured under gloo) and an
+        # lr burst at iteration 501 (between log points) for the spike annotation, injected from
+        # outside (tests.support.faulty_train): late enough that Prometheus has scraped the spike
+        # counter at 0 before (a series first seen at 1 has no increase). Long enough to stay
+        # running while the queries run.
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    *FAULTY_TRAINER[1:]]
         trainer = Trainer(workdir / "trainer", "--max_iters=100000", "--eval_interval=10", "--eval_iters=2",
-                          "--log_interval=1")
+                          "--log_interval=2", "--gradient_accumulation_steps=2", "--warmup_iters=10",
+                          "--lr_burst_at=501", command=torchrun)
         start = time.time()
         prometheus = Prometheus(workdir / "prometheus", [trainer.target], scrape_interval=f"{SCRAPE_SECONDS}s",
                                 rule_files=[*sorted(PROMETHEUS_RULES.glob("*.yml")), rules])
-        for expr in PANEL_DATA_READY:
+        for expr in DDP_PANEL_DATA_READY:
             wait_until(lambda: prometheus.query(expr), timeout=90, interval=0.5, what=f"Prometheus to return {expr}")
         yield trainer, prometheus, start
     finally:
@@ -73,7 +81,14 @@ def test_every_panel_query_returns_series(stack, run_id):
     assert not failures, "\n".join(failures)
 
 
-def test_variable_queries_list_the_run_and_its_rank(stack, run_id):
+def test_every_annotation_query_marks_something(stack, run_id):
+    # a checkpoint at each evaluation, the provoked spike, the processes' starts
+    _, prometheus, start = stack
+    failures = annotations_without_data(prometheus, run_id, start, time.time(), SCRAPE_SECONDS)
+    assert not failures, "\n".join(failures)
+
+
+def test_variable_queries_list_the_run_and_its_ranks(stack, run_id):
     _, prometheus, start = stack
     for board in load_dashboards().values():
         found = {}
@@ -82,7 +97,7 @@ def test_variable_queries_list_the_run_and_its_rank(stack, run_id):
             # What Grafana's Prometheus datasource asks for label_values() over the time range.
             found[name] = prometheus.api(f"label/{label}/values", **{
                 "match[]": substitute(selector, run_id, 3600, SCRAPE_SECONDS), "start": start, "end": time.time()})
-        assert found == {"run_id": [run_id], "rank": ["0"]}
+        assert found == {"run_id": [run_id], "rank": ["0", "1"]}
 
 
 def metric_names(expr: str) -> set[str]:

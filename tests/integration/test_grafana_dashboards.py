@@ -16,7 +16,7 @@ import sys
 import jsonschema
 import pytest
 
-from tests.support.grafana import DASHBOARD_DIR, REPO, UIDS, load_dashboards
+from tests.support.grafana import DASHBOARD_DIR, REPO, UIDS, generator_module, load_dashboards
 
 NPM_DIR = REPO / "tests" / "grafana"
 DASHBOARD_TYPES = "node_modules/@grafana/schema/dist/esm/raw/dashboard/x/dashboard_types.gen.d.ts"
@@ -48,9 +48,19 @@ def test_committed_dashboards_equal_generated(tmp_path):
             f"grafana/dashboards/{name} is stale: run `python -m grafana.generate`")
 
 
+def without_prometheus_annotation_keys(board: dict) -> dict:
+    """The board less the keys Grafana's Prometheus datasource reads from an annotation query, which
+    the generic AnnotationQuery type does not list ("TODO.. this should just be a normal query target")."""
+    keys = generator_module("time_panels").PROMETHEUS_ANNOTATION_KEYS
+    annotations = [{k: v for k, v in a.items() if a["datasource"]["type"] != "prometheus" or k not in keys}
+                   for a in board.get("annotations", {}).get("list", [])]
+    return {**board, "annotations": {**board.get("annotations", {}), "list": annotations}}
+
+
 @pytest.mark.parametrize("uid", UIDS)
 def test_dashboard_validates_against_grafana_dashboard_type(uid, dashboard_schema):
-    errors = sorted(jsonschema.Draft7Validator(dashboard_schema).iter_errors(BOARDS[uid]), key=str)
+    board = without_prometheus_annotation_keys(BOARDS[uid])
+    errors = sorted(jsonschema.Draft7Validator(dashboard_schema).iter_errors(board), key=str)
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
 
 

@@ -69,6 +69,16 @@ def is_gpu_query(expr: str) -> bool:
     return bool(GPU_SERIES.search(expr))
 
 
+# Series only several ranks under gloo make: the all-reduce wait and what is recorded from it.
+RANKS_SERIES = re.compile(r"\b(?:nanogpt:rank_busy_seconds_per_iteration\w*|nanogpt:rank_relative_step_time\w*|"
+                          r"nanogpt_allreduce_wait_seconds\w*)")
+
+
+def is_ranks_query(expr: str) -> bool:
+    """Whether a panel query compares ranks by their all-reduce wait, which one process never has."""
+    return bool(RANKS_SERIES.search(expr))
+
+
 def generator_module(name: str):
     """A module of the grafana/ package (e.g. "gpu_panels")."""
     return importlib.import_module(f"grafana.{name}")
@@ -88,6 +98,9 @@ PANEL_DATA_READY = ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
                     "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
                     'nanogpt:run_iteration_duration_seconds_bucket:rate1m{le="+Inf"} > 0',
                     "nanogpt:process_cpu_seconds:rate1m")
+# ... and, for the straggler panels and the spike annotation, a rank against the median (the
+# all-reduce wait of two gloo ranks) and a loss spike.
+DDP_PANEL_DATA_READY = (*PANEL_DATA_READY, "nanogpt:rank_relative_step_time:rate5m", "nanogpt_loss_spikes_total > 0")
 
 
 def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int = 1, step_seconds: int | None = None,
@@ -105,6 +118,22 @@ def substitute(expr: str, run_id: str, range_seconds: int, scrape_seconds: int =
         expr = expr.replace(name, value)
     assert "$" not in expr.replace('"$1"', ""), f"unsubstituted variable in {expr}"
     return expr
+
+
+def annotations_without_data(prometheus, run_id: str, start: float, end: float, scrape_seconds: int) -> list[str]:
+    """Run every annotation query of every dashboard over [start, end] as Grafana's Prometheus
+    datasource does (a range query at the annotation's step); a line for each that marks nothing.
+    Grafana marks an event where a series has a non-zero value."""
+    failures = []
+    for uid, board in load_dashboards().items():
+        for annotation in board.get("annotations", {}).get("list", []):
+            step = int(annotation["step"].removesuffix("s"))
+            expr = substitute(annotation["expr"], run_id, int(end - start) + 1, scrape_seconds, step)
+            first = end - step * int((end - start) / step)  # step points counted back from `end`
+            result = prometheus.query_range(expr, first, end, step=step)
+            if not any(float(value) != 0 for series in result for _, value in series["values"]):
+                failures.append(f"{uid} / annotation {annotation['name']}: nothing marked by {expr}")
+    return failures
 
 
 def queries_without_data(prometheus, run_id: str, start: float, end: float, scrape_seconds: int,

@@ -4,12 +4,13 @@ generator and Grafana's own schema: tests/integration/test_grafana_dashboards.py
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
 
 from tests.support.grafana import (
-    REPO, UIDS, load_dashboards, panels, parse_label_values, targets, variable_query, variables,
+    REPO, UIDS, generator_module, load_dashboards, panels, parse_label_values, targets, variable_query, variables,
 )
 
 BOARDS = load_dashboards()
@@ -109,7 +110,9 @@ def test_training_dashboard_covers_the_issue_panels():
                    "Iterations / s", "Tokens / s", "Average loss (plateau window)", "Best val loss", "MFU",
                    "Step time p50 / p95", "Learning rate", "Grad norm", "Model shape", "Parameters",
                    "Parameters by component", "Firing alerts", "Process memory", "Process CPU",
-                   "Tokens / s per rank", "Non-finite losses", "Trainer live page"):
+                   "Tokens / s per rank", "Non-finite losses", "Trainer live page", "Goodput", "Time by phase",
+                   "Rank-seconds by phase", "Spikes", "Step time per rank (all-reduce wait out)",
+                   "Ranks against the median", "Data wait per rank", "Allocator retries / OOMs"):
         assert wanted in titles, wanted
     assert any(p["type"] == "table" and "CSV" in p["title"] for p in panels(BOARDS["nanogpt-training"]))
 
@@ -140,3 +143,42 @@ def test_dashboard_provider_loads_the_mounted_dashboard_folder():
     config = yaml.safe_load((REPO / "grafana/provisioning/dashboards/dashboards.yml").read_text())
     [provider] = config["providers"]
     assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def alert_threshold(name: str) -> float:
+    """The number an alert compares against (the last number of its expression)."""
+    rules = yaml.safe_load((REPO / "prometheus" / "rules" / "nanogpt-alerts.yml").read_text())
+    [expr] = [r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == name]
+    return float(re.findall(r"[<>]=?\s*([0-9.]+)", expr)[-1])
+
+
+def test_time_panels_draw_the_alerts_own_thresholds():
+    time_panels = generator_module("time_panels")
+    assert time_panels.LOW_GOODPUT == alert_threshold("NanoGPTLowGoodput")
+    assert time_panels.INPUT_BOUND == alert_threshold("NanoGPTInputBound")
+    assert time_panels.STRAGGLER == alert_threshold("NanoGPTStragglerRank")
+
+
+def test_phone_dashboard_has_the_goodput_stat():
+    [goodput] = [p for p in panels(BOARDS["nanogpt-mobile"]) if p["title"] == "Goodput"]
+    assert goodput["type"] == "stat" and "nanogpt:goodput_ratio:rate5m" in goodput["targets"][0]["expr"]
+
+
+def test_straggler_heat_strip_is_one_row_per_rank_not_calculated():
+    [strip] = [p for p in panels(BOARDS["nanogpt-training"]) if p["title"] == "Ranks against the median"]
+    assert strip["type"] == "heatmap" and strip["options"]["calculate"] is False
+    assert strip["options"]["rowsFrame"]["layout"] == "unknown"  # ordinal rows: the ranks
+    assert "{{rank}}" in strip["targets"][0]["legendFormat"]
+
+
+@each_dashboard()
+def test_annotations_mark_checkpoints_spikes_and_starts_on_the_loss_chart_alone(uid):
+    [loss_chart] = [p["id"] for p in panels(BOARDS[uid]) if p["type"] == "timeseries" and p["title"] == "Loss"]
+    found = {a["name"]: a for a in BOARDS[uid]["annotations"]["list"]}
+    assert set(found) == {"Checkpoints", "Spikes", "Process starts"}
+    for annotation in found.values():
+        assert annotation["datasource"] == {"type": "prometheus", "uid": "prometheus"}
+        assert annotation["filter"] == {"exclude": False, "ids": [loss_chart]}
+        assert "$run_id" in annotation["expr"]
+    # a gauge whose value is the time: Grafana reads milliseconds
+    assert found["Checkpoints"]["useValueForTime"] and "* 1000" in found["Checkpoints"]["expr"]
