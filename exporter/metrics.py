@@ -12,12 +12,13 @@ from __future__ import annotations
 from .catalogue import LABELS, REGISTERED, STATES, Metric
 from .shared import SharedFiles, SharedHistogram, SharedSummary, SharedValue
 
-__all__ = ["TrainingMetrics", "create_metrics", "SHARED"]
+__all__ = ["TrainingMetrics", "create_metrics", "sample_name", "SHARED"]
 
 SHARED = tuple(m for m in REGISTERED if m.kind != "info")  # the families the training process writes
 
 
-def _sample_name(metric: Metric) -> str:
+def sample_name(metric: Metric) -> str:
+    """The name of a gauge's or counter's one sample, as written (and read back) in the shared files."""
     return metric.name + "_total" if metric.kind == "counter" else metric.name
 
 
@@ -27,7 +28,7 @@ def _child(files: SharedFiles, metric: Metric, labelnames: tuple, labelvalues: t
     if metric.kind == "summary":
         return SharedSummary(files, metric.name, metric.help, labelnames, labelvalues)
     initial = metric.initial if metric.kind == "gauge" and metric.initial is not None else 0.0
-    return files.value(metric.kind, metric.name, _sample_name(metric), labelnames, labelvalues, metric.help,
+    return files.value(metric.kind, metric.name, sample_name(metric), labelnames, labelvalues, metric.help,
                        initial)
 
 

@@ -160,8 +160,12 @@ def page_values(status: dict, model: dict) -> dict[str, str]:
         "fig_iterations_per_second": fmt_rate(get("iterations_per_second")),
         "fig_tokens_per_second": fmt_rate(get("tokens_per_second")),
         "fig_best_val_loss": fmt_loss(get("best_val_loss")),
-        "fig_mfu": f"{get('mfu') * 100:.1f} %" if _finite(get("mfu")) else DASH,
+        "fig_mfu": fmt_percent(get("mfu")),
         "fig_step": fmt_seconds(get("step_seconds")),
+        "fig_goodput": fmt_percent(get("goodput")),
+        "fig_goodput_rest": fmt_largest_other_phase(get("time_seconds")),
+        "fig_loss_spike": fmt_spike(get("last_loss_spike")),
+        "fig_grad_norm_spike": fmt_spike(get("last_grad_norm_spike")),
         "fig_lr": f"{get('lr'):.2e}" if _finite(get("lr")) else DASH,
         "fig_elapsed": fmt_duration(get("elapsed_seconds")),
         **gpu_figures(status),
@@ -208,6 +212,33 @@ def fmt_seconds(seconds: Any) -> str:
     if not _finite(seconds):
         return DASH
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_percent(ratio: Any) -> str:
+    return f"{ratio * 100:.1f} %" if _finite(ratio) else DASH
+
+
+def fmt_largest_other_phase(time_seconds: Optional[dict]) -> str:
+    """Beside the goodput, where most of the rest of the wall clock went: "· data wait 20.0 %"
+    (the first of equal phases, in /api/status's order); "" when no other phase has any time."""
+    if not isinstance(time_seconds, dict):
+        return ""
+    seconds = {phase: s for phase, s in time_seconds.items() if _finite(s)}
+    total = sum(seconds.values())
+    others = [(phase, s) for phase, s in seconds.items() if phase != "step" and s > 0]
+    if total <= 0 or not others:
+        return ""
+    phase, most = max(others, key=lambda item: item[1])
+    return f"\u00b7 {phase.replace('_', ' ')} {fmt_percent(most / total)}"
+
+
+def fmt_spike(spike: Optional[dict]) -> str:
+    """The last spike of a series: "it 1,234 (7.1σ)", its iteration and how many standard
+    deviations above its window's mean; a dash before any."""
+    if not isinstance(spike, dict) or not _finite(spike.get("iteration")):
+        return DASH
+    sigmas = spike.get("sigmas")
+    return f"it {fmt_int(spike['iteration'])}" + (f" ({sigmas:.1f}\u03c3)" if _finite(sigmas) else "")
 
 
 def fmt_trend(trend: Optional[dict]) -> str:

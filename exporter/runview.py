@@ -13,10 +13,10 @@
     devices   per-device figures for /api/status's `gpus`
     sample    what the model wrote at an evaluation (exporter.samples)
 
-The current iteration, which the trainer writes every step, is read from the
-rank's shared file, so the page counts steps between log points. The status
-answer is `snapshot()`: a pure function of the replayed fields, the newest
-points and the clock.
+The current iteration and the seconds by phase (goodput), which the trainer
+writes every step, are read from the rank's shared files, so the page follows
+the steps between log points. The status answer is `snapshot()`: a pure
+function of the replayed fields, the newest points and the clock.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from . import trend
-from .catalogue import BY_KEY, LABELS
+from .catalogue import BY_KEY, LABELS, PHASES
 from .history import History
 from .journal import JournalReader, journal_path
+from .metrics import sample_name
 from .metricslog import MetricsLog
 from .point import Point, csv_lines
 from .samples import Sample, Samples
@@ -151,18 +152,31 @@ class RunView:
     def ended(self) -> bool:
         return self.fields["state"] in ("finished", "failed")
 
+    def _shared_values(self, kind: str) -> dict[str, float]:
+        """Every value the trainer wrote in its shared file of a metric kind, by mmap key ({} before
+        it made the file)."""
+        path = self.directory / f"{FILE_KINDS[kind]}_rank{self.rank}.db"
+        try:
+            return {key: value for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))}
+        except (OSError, ValueError):
+            return {}
+
     def live_iteration(self) -> Optional[int]:
         """The iteration the trainer wrote last (every step), from its shared gauge file."""
         metric = BY_KEY["iteration"]
-        key = mmap_key(metric.name, metric.name, list(LABELS), [self.run_id, str(self.rank)], metric.help)
-        path = self.directory / f"{FILE_KINDS['gauge']}_rank{self.rank}.db"
-        try:
-            for found, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
-                if found == key:
-                    return int(value) if math.isfinite(value) else None
-        except (OSError, ValueError):
-            return None
-        return None
+        key = mmap_key(metric.name, sample_name(metric), list(LABELS), [self.run_id, str(self.rank)], metric.help)
+        value = self._shared_values("gauge").get(key)
+        return int(value) if value is not None and math.isfinite(value) else None
+
+    def time_seconds(self) -> Optional[dict[str, float]]:
+        """nanogpt_time_seconds_total of this rank by phase, from its shared counter file, so the
+        page follows every step without a journal line per step; None before the trainer made them."""
+        metric = BY_KEY["time"]
+        values, labelnames = self._shared_values("counter"), [*LABELS, metric.label]
+        found = {phase: values.get(mmap_key(metric.name, sample_name(metric), labelnames,
+                                            [self.run_id, str(self.rank), phase], metric.help))
+                 for phase in PHASES}
+        return found if None not in found.values() else None
 
     def status(self, now: Optional[float] = None) -> dict:
         """The /api/status snapshot: state, latest figures, rates, ETA, trend and window mean."""
@@ -172,6 +186,8 @@ class RunView:
         last = self.history.last()
         answer = snapshot(self.run_id, self.rank, fields, self.history.tail(READ_SECONDS),
                           last.loss_ema if last is not None else None, time.time() if now is None else now)
+        answer["time_seconds"] = time_seconds = self.time_seconds()
+        answer["goodput"] = goodput(time_seconds)
         answer["gpus"] = self.gpus
         answer["scalars"] = dict(self.scalars)
         newest = self.samples.newest()
@@ -221,6 +237,13 @@ def snapshot(run_id: str, rank: int, fields: dict[str, Any], points: Sequence[Po
                   "window_seconds": loss_trend.window_seconds, "threshold": loss_trend.threshold},
         "average_loss": {"window_seconds": trend.WINDOW_SECONDS, "value": trend.average_loss(samples)},
     }
+
+
+def goodput(time_seconds: Optional[dict[str, float]]) -> Optional[float]:
+    """The step phase's share of a rank's wall clock counted so far (nanogpt:goodput_ratio:run for
+    one rank); None before anything is counted (the first iteration ends the startup)."""
+    total = sum(time_seconds.values()) if time_seconds else 0.0
+    return time_seconds["step"] / total if total > 0 else None
 
 
 def _finite(value: Optional[float]) -> Optional[float]:

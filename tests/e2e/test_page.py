@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+import re
 import signal
 import struct
 from pathlib import Path
@@ -20,9 +21,10 @@ import pytest
 
 from exporter import TrainingMonitor
 from exporter.diagram import render as diagram_svg
+from exporter.page import page_values
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
-from tests.support.procs import Trainer, http_json, require, wait_until
+from tests.support.procs import FAULTY_TRAINER, Trainer, http_json, require, wait_until
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -141,6 +143,48 @@ def test_figures_are_in_the_html_with_javascript_off(monitor, server, page_facto
     assert figure("best_val_loss") == "2.6000"
     assert figure("mfu") == "12.3 %"
     assert page.get_by_test_id("chart").is_hidden()  # the chart needs JavaScript; the figures do not
+
+
+def test_goodput_and_the_last_spikes_read_the_same_with_javascript_and_follow_the_run(page_factory, tmp_path):
+    monitor = TrainingMonitor(run_id="page-test", rank=0, directory=tmp_path / "run", spike_window=16,
+                              startup_since=RUN["start_time"] - 20)
+    monitor.run_started(**RUN)
+    server = monitor.serve(host="127.0.0.1", port=0)
+
+    def advance(start, stop, loss=None, grad_norm=None):
+        """An iteration a simulated second, a quarter of it waiting for data, each logged."""
+        for i in range(start, stop):
+            t, wobble = RUN["start_time"] + i, 0.01 * (-1) ** i
+            monitor.iteration(iteration=i, tokens=256, timestamp=t, data_seconds=0.25)
+            monitor.log(iteration=i, loss=loss or 2.0 + wobble, lr=6e-4, grad_norm=grad_norm or 1.0 + wobble,
+                        timestamp=t)
+
+    def served() -> dict[str, str]:
+        """The figures as exporter/page.py writes them for the current /api/status."""
+        values = page_values(http_json(server.url + "/api/status"), {})
+        return {"fig-goodput": f"{values['fig_goodput']} {values['fig_goodput_rest']}",
+                "fig-loss_spike": values["fig_loss_spike"], "fig-grad_norm_spike": values["fig_grad_norm_spike"]}
+
+    try:
+        advance(0, 40)  # 20 s of startup, then 39 s: 29.25 s of steps, 9.75 s of data wait
+        static, _ = page_factory(java_script_enabled=False)
+        static.goto(server.url + "/")
+        before = {testid: static.get_by_test_id(testid).inner_text() for testid in served()}
+        assert before == served() == {"fig-goodput": "49.6 % \u00b7 startup 33.9 %", "fig-loss_spike": "\u2013",
+                                      "fig-grad_norm_spike": "\u2013"}
+        page, _ = page_factory()
+        page.goto(server.url + "/")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        for testid, text in before.items():
+            expect(page.get_by_test_id(testid)).to_have_text(text)  # the script's formatting is the server's
+        advance(40, 41, loss=3.0, grad_norm=5.0)  # both spike, and the clock goes on
+        after = served()
+        assert after["fig-loss_spike"].startswith("it 40 (") and after["fig-grad_norm_spike"].startswith("it 40 (")
+        for testid, text in after.items():
+            expect(page.get_by_test_id(testid)).to_have_text(text)  # live, without a reload
+        page.context.close()  # before the server goes: its going is not what this test is about
+    finally:
+        server.close()
 
 
 def test_page_sends_a_content_security_policy_its_own_code_obeys(monitor, server, page_factory):
@@ -361,8 +405,11 @@ def test_phone_width_has_no_horizontal_overflow(monitor, server, page_factory, s
     assert scroll <= client == 375
 
 
-def test_chart_draws_and_updates_live_during_a_real_training(page_factory, tmp_path):
-    trainer = Trainer(tmp_path, "--max_iters=20000", "--log_interval=5", "--eval_interval=50", "--eval_iters=2")
+def test_chart_and_analytics_update_live_during_a_real_training(page_factory, tmp_path):
+    # iteration 204 alone at 1000x the lr (tests.support.faulty_train), so the loss logged at 205 spikes;
+    # the lr's warm-up is over by 10, so 32 logged points (the spike window's warm-up) are in by 170
+    trainer = Trainer(tmp_path, "--max_iters=20000", "--log_interval=5", "--eval_interval=50", "--eval_iters=2",
+                      "--warmup_iters=10", "--lr_burst_at=204", command=FAULTY_TRAINER)
     try:
         page, _ = page_factory()
         page.goto(trainer.base_url + "/")
@@ -376,6 +423,11 @@ def test_chart_draws_and_updates_live_during_a_real_training(page_factory, tmp_p
         shown = hook(page, "iterations()")
         served = [p["iteration"] for p in http_json(trainer.base_url + "/api/history")["points"]]
         assert shown == served[: len(shown)]  # every logged point, in order, none twice
+        expect(page.get_by_test_id("fig-goodput")).to_have_text(re.compile(r"^\d+\.\d % \u00b7 [a-z ]+ \d+\.\d %$"))
+        spike = page.get_by_test_id("fig-loss_spike")
+        expect(spike).to_have_text(re.compile(r"^it [\d,]+ \(\d+\.\d\u03c3\)$"), timeout=120_000)
+        spiked = http_json(trainer.base_url + "/api/status")["last_loss_spike"]["iteration"]
+        assert spiked >= 205 and spike.inner_text().startswith(f"it {spiked:,} (")  # logged after the burst
         page.context.close()  # before the trainer goes: its going is not what this test is about
     finally:
         trainer.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -68,6 +69,7 @@ def test_chart_draws_and_updates_live_in_firefox(firefox):
     assert chart["last"] >= chart["firstLast"] + 20
     assert chart["connection"] == "live"
     assert chart["figLoss"] != "\u2013"
+    assert re.fullmatch(r"\d+\.\d % \u00b7 [a-z ]+ \d+\.\d %", chart["figGoodput"])
     shown = chart["iterations"]
     assert shown == [p["iteration"] for p in served["history"]][: len(shown)]  # every point, in order, none twice
     assert chart["ink"] > 0.01 * chart["canvas"]["width"] * chart["canvas"]["height"]  # pixels really drawn

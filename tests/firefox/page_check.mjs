@@ -54,6 +54,7 @@ async function check(browser) {
     iterations: await hook(page, "iterations()"),
     connection: await text(page, "connection"),
     figLoss: await text(page, "fig-loss"),
+    figGoodput: await text(page, "fig-goodput"),
     canvas: await page.$eval("[data-testid=chart]", (c) => ({ width: c.width, height: c.height })),
     ink: await page.$eval("[data-testid=chart]", inkPixels),
   };

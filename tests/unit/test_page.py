@@ -9,7 +9,8 @@ import re
 import pytest
 
 from exporter import TrainingMonitor
-from exporter.page import CHART_FIELDS, TEMPLATE_PATH, FIRST_OVERVIEW_POINTS, model_summary, model_tree, render
+from exporter.page import (CHART_FIELDS, FIRST_OVERVIEW_POINTS, TEMPLATE_PATH, fmt_largest_other_phase, model_summary,
+                          model_tree, render)
 from nanogpt.model import GPT, GPTConfig
 from nanogpt_monitor.model_view import describe
 from tests.support.recorded import read_back
@@ -142,3 +143,43 @@ def test_figures_the_run_has_not_reported_are_a_dash_not_a_guess(page_of):
     for fig in ("dataset", "device"):
         assert re.search(rf'<span data-fig="{fig}">\u2013</span>', html), fig
     assert re.search(r'data-fig="mfu">\u2013</dd>', html)
+
+
+def figure(html: str, testid: str) -> str:
+    """The text a browser without JavaScript shows for one figure (its markup stripped)."""
+    match = re.search(rf'<dd data-testid="{testid}"[^>]*>(.*?)</dd>', html)
+    assert match, f"no {testid} on the page"
+    return re.sub(r"<[^>]+>", "", match.group(1))
+
+
+def test_goodput_reads_the_step_share_beside_the_phase_that_took_most_of_the_rest(tmp_path):
+    monitor = TrainingMonitor(run_id="page", rank=0, directory=tmp_path / "run", startup_since=1000.0)
+    monitor.run_started(max_iterations=1000)
+    monitor.iteration(0, 64, timestamp=1020.0)  # 20 s of startup
+    for i in range(1, 101):
+        monitor.iteration(i, 64, timestamp=1020.0 + i, data_seconds=0.25)
+    assert figure(rendered(monitor), "fig-goodput") == "62.5 % \u00b7 data wait 20.8 %"  # 75, 25 of 120 s
+
+
+def test_the_last_spikes_say_where_they_were_and_how_far_out(tmp_path):
+    monitor = TrainingMonitor(run_id="page", rank=0, directory=tmp_path / "run", spike_window=16)
+    monitor.run_started(max_iterations=1000)
+    for i in range(20):
+        monitor.log(iteration=i * 10, loss=2.0 + (0.01 if i % 2 else -0.01), lr=1e-3, grad_norm=1.0)
+    monitor.log(iteration=1230, loss=2.5, lr=1e-3, grad_norm=1.0)
+    html = rendered(monitor)
+    sigmas = read_back(monitor).view(0).status()["last_loss_spike"]["sigmas"]
+    assert figure(html, "fig-loss_spike") == f"it 1,230 ({sigmas:.1f}\u03c3)"
+    assert figure(html, "fig-grad_norm_spike") == "\u2013"  # a grad norm without spread: never a spike
+
+
+def test_goodput_and_spikes_are_a_dash_before_the_run_counted_any(page_of):
+    html = page_of()
+    assert figure(html, "fig-goodput") == "\u2013 "  # and nothing beside it
+    assert figure(html, "fig-loss_spike") == figure(html, "fig-grad_norm_spike") == "\u2013"
+
+
+def test_the_largest_other_phase_is_left_out_when_every_second_was_a_step():
+    assert fmt_largest_other_phase({"startup": 0.0, "step": 5.0, "data_wait": 0.0}) == ""
+    assert fmt_largest_other_phase(None) == ""
+    assert fmt_largest_other_phase({"step": 1.0, "eval": 1.0, "checkpoint": 1.0}) == "\u00b7 eval 33.3 %"  # the first

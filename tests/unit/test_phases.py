@@ -122,3 +122,19 @@ def test_a_monitor_counts_its_startup_from_the_process_start_by_default(tmp_path
     monitor.iteration(0, 64, timestamp=now)
     assert phases(monitor)["startup"] == pytest.approx(now - process_start_time(), abs=0.05)
     monitor.close()
+
+
+def test_the_status_carries_each_phase_s_seconds_and_the_goodput_they_make(monitor):
+    monitor.iteration(0, 64, timestamp=1020.0)  # 20 s of startup
+    for i in range(1, 101):
+        monitor.iteration(i, 64, timestamp=1020.0 + i, data_seconds=0.25)  # not logged: read per step
+    status = read_back(monitor).view(0).status()
+    assert status["time_seconds"] == phases(monitor) == {**dict.fromkeys(PHASES, 0.0), "startup": 20.0,
+                                                         "step": 75.0, "data_wait": 25.0}
+    assert status["goodput"] == 75.0 / 120.0  # nanogpt:goodput_ratio:run, for this rank
+
+
+def test_before_the_first_iteration_nothing_is_counted_and_the_goodput_is_unknown(monitor):
+    status = read_back(monitor).view(0).status()
+    assert status["time_seconds"] == dict.fromkeys(PHASES, 0.0)
+    assert status["goodput"] is None

@@ -20,7 +20,7 @@ STATUS_KEYS = {
     "run_id", "rank", "world_size", "state", "iteration", "max_iterations", "loss", "loss_ema", "val_loss",
     "eval_train_loss", "best_val_loss", "lr", "tokens_per_second", "iterations_per_second", "step_seconds", "mfu",
     "eta_seconds", "elapsed_seconds", "start_time", "parameters_total", "dataset", "device", "trend",
-    "average_loss",
+    "average_loss", "last_loss_spike", "last_grad_norm_spike", "time_seconds", "goodput",
 }
 
 
