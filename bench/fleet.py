@@ -7,9 +7,10 @@ ranks on one port: one target per node, a pod, discovered through file_sd groups
 Kubernetes-style target labels and scraped by a real Prometheus running the project's rules scaled
 down (every window and `for:` divided by --scale, so a 10m plateau window lasts 10m/scale),
 alerting through a real Alertmanager with the project's routing to a webhook. One run plateaus,
-one goes NaN, one stalls, the rest learn. Reported: series per rank and in total, scrape duration
+one goes NaN, one stalls, one has a straggling rank, one spikes, the rest learn. Reported: series per rank and in total, scrape duration
 p99 (one scrape reads a node's 8 ranks), rule-group evaluation time, p95 latency of every
-dashboard query over the last hour, notifications per faulty run per alert, and the exporter's CPU
+dashboard query over the last hour, notifications per faulty run per alert (and any other: a false
+alarm), and the exporter's CPU
 and memory: the run processes' (recording) plus the monitor processes', per rank.
 
 Day phase: 24 h x 1,024 ranks backfilled with promtool (bench/fleet_backfill.py), a Prometheus on
@@ -48,7 +49,8 @@ from tests.support.grafana import load_dashboards, parse_label_values, substitut
 from tests.support.procs import PROMETHEUS_RULES, REPO, Alertmanager, Prometheus, wait_until  # noqa: E402
 from tests.support.rules import write_scaled_rules  # noqa: E402
 
-FAULTS = {"plateau": "NanoGPTLossPlateau", "nan": "NanoGPTLossNotFinite", "stall": "NanoGPTTrainingStalled"}
+FAULTS = {"plateau": "NanoGPTLossPlateau", "nan": "NanoGPTLossNotFinite", "stall": "NanoGPTTrainingStalled",
+          "straggler": "NanoGPTStragglerRank", "spike": "NanoGPTLossSpike"}
 
 
 def api(prometheus: Prometheus, path: str, **params):
@@ -178,7 +180,7 @@ def settle_compaction(prometheus: Prometheus) -> None:
 def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path, repeats: int) -> dict:
     """Run the live phase for one fleet size; returns its figures."""
     runs = ranks // ranks_per_run
-    behaviours = ["plateau", "nan", "stall"] + ["learn"] * (runs - 3)
+    behaviours = [*FAULTS] + ["learn"] * (runs - len(FAULTS))
     window = 600 / scale
     workers, webhook, started = [], Webhook(), []
     try:
@@ -222,7 +224,7 @@ def live(ranks: int, ranks_per_run: int, scale: int, scrape: int, workdir: Path,
             for name, seconds in rule_times(prometheus).items():
                 per_rule[name].append(seconds)
             got = {(b["groupLabels"].get("alertname"), b["groupLabels"].get("run_id")) for _, b in webhook.notifications}
-            return all((FAULTS[b], f"fleet{ranks}-{i:02d}-{b}") in got for i, b in enumerate(behaviours[:3]))
+            return all((FAULTS[b], f"fleet{ranks}-{i:02d}-{b}") in got for i, b in enumerate(behaviours[:len(FAULTS)]))
 
         wait_until(first_notifications, timeout=600, interval=2, what="the three faulty runs' alerts")
         settle = time.time() + 40  # > group_interval: a straggling rank's alert would be sent by then

@@ -27,6 +27,9 @@ COMPONENTS = ("total", "token_embedding", "position_embedding", "attention", "ml
 FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
 STATES = ("starting", "running", "finished", "failed")
 STEP_SECONDS = 0.5  # simulated seconds per iteration
+# each rank's wall clock by phase, as shares of the time since its start (startup a fixed minute)
+PHASE_SHARES = {"step": 0.93, "data_wait": 0.01, "eval": 0.03, "checkpoint": 0.03, "lost": 0.0}
+STARTUP_SECONDS, ALLREDUCE_SHARE = 60.0, 0.45
 
 
 def series_of_rank(start: float):
@@ -52,6 +55,11 @@ def series_of_rank(start: float):
         ("nanogpt_iterations_total", "", it), ("nanogpt_tokens_total", "", lambda t: it(t) * 8192),
         ("nanogpt_loss_nonfinite_total", "", lambda t: 0), ("nanogpt_exporter_errors_total", "", lambda t: 0),
         ("nanogpt_checkpoint_failures_total", "", lambda t: 0),
+        ("nanogpt_loss_spikes_total", "", lambda t: 0), ("nanogpt_grad_norm_spikes_total", "", lambda t: 0),
+        ("nanogpt_time_seconds_total", ',phase="startup"', lambda t: STARTUP_SECONDS),
+        *((("nanogpt_time_seconds_total", f',phase="{p}"', (lambda t, share=share: (t - start) * share)))
+          for p, share in PHASE_SHARES.items()),
+        ("nanogpt_allreduce_wait_seconds_total", "", lambda t: (t - start) * ALLREDUCE_SHARE),
         ("process_cpu_seconds_total", "", lambda t: (t - start) * 0.9),
         ("nanogpt_logged_loss_sum", "", lambda t: it(t) / 10 * 2.0), ("nanogpt_logged_loss_count", "", lambda t: it(t) / 10),
         ("nanogpt_iteration_duration_seconds_sum", "", lambda t: it(t) * STEP_SECONDS),
@@ -66,14 +74,22 @@ def series_of_rank(start: float):
         ("nanogpt:loss_improvement_ratio", "", lambda t: 0.02), ("nanogpt:loss_trend", "", lambda t: 1),
         ("nanogpt:training_state:code", "", lambda t: 1), ("nanogpt:process_cpu_seconds:rate1m", "", lambda t: 0.9),
         ("nanogpt:process_resident_memory_bytes", "", lambda t: 2.1e9),
+        ("nanogpt:data_wait_ratio:rate5m", "", lambda t: PHASE_SHARES["data_wait"] / 0.94),
+        ("nanogpt:rank_busy_seconds_per_iteration:rate5m", "", lambda t: STEP_SECONDS * (0.94 - ALLREDUCE_SHARE)),
+        ("nanogpt:rank_relative_step_time:rate5m", "", lambda t: 1.0),
+        ("nanogpt:iteration_duration_seconds:p99_rate10m", "", lambda t: STEP_SECONDS),
     ]
     return gauges
 
 
 def series_of_run(ranks: int):
     """(name, extra labels, value(t)) for the run-level recording rules' series of a run of `ranks` ranks."""
-    return [("nanogpt:run_iteration_duration_seconds_bucket:rate1m", f',le="{b}"',
-             (lambda t, b=b: ranks / STEP_SECONDS if float(b) >= STEP_SECONDS else 0.0)) for b in BUCKETS]
+    return [*(("nanogpt:run_iteration_duration_seconds_bucket:rate1m", f',le="{b}"',
+               (lambda t, b=b: ranks / STEP_SECONDS if float(b) >= STEP_SECONDS else 0.0)) for b in BUCKETS),
+            *(("nanogpt:time_share:rate5m", f',phase="{p}"', (lambda t, share=share: share))
+              for p, share in {"startup": 0.0, **PHASE_SHARES}.items()),
+            ("nanogpt:goodput_ratio:rate5m", "", lambda t: PHASE_SHARES["step"]),
+            ("nanogpt:goodput_ratio:run", "", lambda t: PHASE_SHARES["step"])]
 
 
 def rank_labels(rank: int) -> tuple[str, str]:

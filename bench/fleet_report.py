@@ -32,6 +32,7 @@ def print_report(results: dict, args) -> None:
             ("Prometheus CPU", lambda r: f"{r.get('prometheus_cpu_cores', float('nan')):.2f} cores"),
             ("dashboard query p95, last hour (worst)", lambda r: _worst(r["queries_1h_p95_s"])),
             ("notifications per faulty run per alert", lambda r: _notifications(r)),
+            ("other notifications (false alarms)", lambda r: _false_alarms(r)),
             ("exporter CPU (all ranks: recording + monitors)", lambda r: f"{r['exporter_cpu_cores']:.2f} cores "
              f"({r['recording_cpu_cores']:.2f} + {r['monitor_cpu_cores']:.2f}), {r['exporter_cpu_ms_per_rank_s']:.2f} ms/s per rank"),
             ("exporter RSS (run processes + monitors)", lambda r: f"{r['exporter_rss_mib']:.0f} MiB ({r['recording_rss_mib']:.0f} + "
@@ -81,7 +82,20 @@ def _worst(queries: dict) -> str:
     return f"{queries[key]:.3f} s ({key})"
 
 
+def _expected(key: str) -> bool:
+    """Whether a notification ("<alertname> fleetN-i-<behaviour>") is its faulty run's own alert."""
+    from bench.fleet import FAULTS
+
+    alertname, run_id = key.split(" ", 1)
+    return FAULTS.get(run_id.rsplit("-", 1)[-1]) == alertname
+
+
+def _false_alarms(r: dict) -> str:
+    others = {k: v for k, v in r["notifications"].items() if not _expected(k)}
+    return ", ".join(f"{k}: {v}" for k, v in sorted(others.items())) or "none"
+
+
 def _notifications(r: dict) -> str:
-    faulty = {k: v for k, v in r["notifications"].items() if not k.split("-")[-1] == "learn"}
+    faulty = {k: v for k, v in r["notifications"].items() if _expected(k)}
     return ", ".join(f"{k.split()[0].replace('NanoGPT', '')}: {v} ({r['ranks_per_notification_group'].get(k, 0)} ranks)"
                      for k, v in sorted(faulty.items()))

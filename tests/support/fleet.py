@@ -15,6 +15,13 @@ Behaviours (time t in seconds since the run started; W = the plateau window of t
   nan      learns, then logs NaN from FAULT_WINDOWS x W on
   stall    learns, then stops iterating at FAULT_WINDOWS x W (the process and its node's monitor
            stay up, state running)
+  straggler  learns; from FAULT_WINDOWS x W on, rank STRAGGLER takes STRAGGLER_FACTOR times as long
+           as the others on its own work, and they wait for it in the all-reduce
+  spike    learns, and one logged iteration (the first after FAULT_WINDOWS x W and the spike
+           detector's warm-up) logs SPIKE_FACTOR times the loss
+
+Every rank reports its data wait and, as under gloo, its all-reduce wait: a rank's own work takes
+about BUSY_SECONDS of each STEP_SECONDS (with 2 % jitter), the rest it waits for the slowest.
 
 `python -m tests.support.fleet --run-id R --ranks N --behaviour B --window-seconds W` hosts one
 run: prints one JSON line {"run_id", "ports": [...]} once every node's monitor serves, one port per
@@ -37,10 +44,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from exporter import TrainingMonitor
+from exporter.spikes import WARMUP
 
-BEHAVIOURS = ("learn", "plateau", "nan", "stall")
-FAULT_WINDOWS = 1.5  # the nan and stall runs go wrong after this many plateau windows
+BEHAVIOURS = ("learn", "plateau", "nan", "stall", "straggler", "spike")
+FAULT_WINDOWS = 1.5  # the faulty runs go wrong after this many plateau windows
 STEP_SECONDS = 1.0  # one iteration a second on every rank
+BUSY_SECONDS, DATA_SECONDS = 0.5, 0.01  # of each step: a rank's own work, and its wait for a batch
+STRAGGLER, STRAGGLER_FACTOR = 3, 1.5  # the straggler run's slow rank, and how much slower it works
+SPIKE_FACTOR = 3.0
 EVAL_EVERY = 10  # rank 0 evaluates (and saves a checkpoint) every 10 iterations
 RANKS_PER_NODE = 8  # a node's ranks share its run directory, its monitor and its `node` label
 TOKENS_PER_ITERATION = 8 * 1024
@@ -88,6 +99,7 @@ class SimulatedRun:
             monitor.run_started(max_iterations=100_000, world_size=ranks, tokens_per_iteration=TOKENS_PER_ITERATION,
                                 model_config=MODEL, parameters=PARAMETERS, dataset="openwebtext", device="cuda",
                                 dtype="bfloat16", start_time=self.start_time)  # fmt: skip
+        self._spiked = False
         self._thread = threading.Thread(target=self._loop, name=f"fleet-{run_id}", daemon=True)
         self._thread.start()
 
@@ -100,14 +112,21 @@ class SimulatedRun:
             if self.behaviour == "stall" and t >= FAULT_WINDOWS * self.window_seconds:
                 continue  # hung: no iteration completes, the process and its node's monitor stay up
             base = loss_at(self.behaviour, t, self.window_seconds)
+            faulty = t >= FAULT_WINDOWS * self.window_seconds
+            if self.behaviour == "spike" and faulty and iteration > WARMUP and not self._spiked:
+                base, self._spiked = base * SPIKE_FACTOR, True
             for monitor in self.monitors:
-                self.step(monitor, iteration, base, now, t)
+                slow = self.behaviour == "straggler" and faulty and monitor.rank == STRAGGLER
+                self.step(monitor, iteration, base, now, t, STRAGGLER_FACTOR if slow else 1.0)
 
-    def step(self, monitor: TrainingMonitor, iteration: int, base: float, now: float, t: float) -> None:
+    def step(self, monitor: TrainingMonitor, iteration: int, base: float, now: float, t: float,
+             slowness: float = 1.0) -> None:
         """One iteration of one rank: the per-step call, the log point, rank 0's evaluation."""
         step_seconds = STEP_SECONDS * (1 + 0.02 * self._random.random())
         loss = base * (1 + 0.003 * self._random.gauss(0, 1))  # each rank's own micro-batch loss
-        monitor.iteration(iteration, TOKENS_PER_ITERATION, now)
+        busy = BUSY_SECONDS * slowness * (1 + 0.02 * self._random.random())
+        monitor.iteration(iteration, TOKENS_PER_ITERATION, now, data_seconds=DATA_SECONDS,
+                          sync_seconds=max(0.0, STEP_SECONDS - busy))
         monitor.log(iteration=iteration, loss=loss, lr=6e-4, step_seconds=step_seconds,
                     tokens_per_second=TOKENS_PER_ITERATION / step_seconds, elapsed_seconds=t, timestamp=now,
                     grad_norm=1.0, mfu=0.4)  # fmt: skip
