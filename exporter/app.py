@@ -7,7 +7,8 @@ request head). A background task polls the run directory and wakes the event str
 Routes are GET only (HEAD is a 405 like any other method), behind basic auth and TLS when
 configured, and answer errors as JSON, except a request aiohttp cannot parse (its own plain-text
 400). Bodies every client asks for (page, status, model) are made once per change and at most
-once a second (`Monitor._cached`).
+once a second (`Monitor._cached`); a regular scraper's /metrics body is rendered just before its
+next scrape (exporter.scrapeahead), so the scrape does not wait for it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .journal import strict_json
 from .node import NodeMonitor
 from .runview import RunView
 from .samples import MAX_PAGE
+from .scrapeahead import ScrapeAhead
 from .webconfig import BasicAuth, WebConfig
 
 POLL_SECONDS = 0.1  # how often the run directory is read while a stream is open: a new point's latency
@@ -108,6 +110,8 @@ class Monitor:
         self.closing = asyncio.Event()
         self.open_streams = 0  # the watcher polls often only while a page is listening
         self._cache: dict[tuple, tuple[int, float, Any]] = {}
+        self.scrape_ahead = ScrapeAhead(self._exposition, self.refresh,
+                                        functools.partial(self.node.report_error, "metrics ahead"))
         self._bcrypt = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt") if self.auth else None
 
     def app(self) -> web.Application:
@@ -144,6 +148,7 @@ class Monitor:
                 await asyncio.wait_for(self.closing.wait(), POLL_SECONDS if self.open_streams else IDLE_POLL_SECONDS)
             except asyncio.TimeoutError:
                 pass
+        self.scrape_ahead.close()
         async with self.changed:
             self.changed.notify_all()
 
@@ -211,17 +216,26 @@ class Monitor:
         return web.Response(text="ok\n", content_type="text/plain")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus exposition as prometheus_client negotiates it (OpenMetrics, gzip, name[] filter)."""
-        started = time.perf_counter()
+        """Prometheus exposition as prometheus_client negotiates it (OpenMetrics, gzip, name[] filter);
+        a regular scraper's body is rendered just before it asks (exporter.scrapeahead)."""
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         names = request.query.getall("name[]", None)
+        zipped = gzip_accepted(request.headers.get("Accept-Encoding"))
+        what = (encoder, zipped, None if names is None else tuple(names))
+        body = self.scrape_ahead.body(request.transport.get_extra_info("peername") if request.transport else None,
+                                      what)
+        return web.Response(body=body, headers={"Content-Type": content_type,
+                                                **({"Content-Encoding": "gzip"} if zipped else {})})
+
+    def _exposition(self, what: tuple) -> bytes:
+        """A /metrics body, timed (nanogpt_exporter_scrape_duration_seconds: the render, not the answer)."""
+        started = time.perf_counter()
+        encoder, zipped, names = what
         registry = self.node.registry
         body = encoder(registry if names is None else registry.restricted_registry(names))
-        headers = {}
-        if gzip_accepted(request.headers.get("Accept-Encoding")):
-            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        body = gzip.compress(body) if zipped else body
         self.node.record_scrape(time.perf_counter() - started)
-        return web.Response(body=body, headers={"Content-Type": content_type, **headers})
+        return body
 
     async def status(self, request: web.Request) -> web.Response:
         view = self._view(request)

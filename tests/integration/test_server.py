@@ -2,9 +2,11 @@
 framing, keep-alive, event streams, shutdown, ports in use), against the process TrainingMonitor.serve()
 starts on loopback. What each route answers is tests/unit/test_server.py, called as functions."""
 
+import gzip
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,6 +76,25 @@ def test_promtool_accepts_a_scrape_of_metrics(server, monitor):
 def test_head_is_405_without_a_body_on_every_route(server, route):
     head = raw(server, route, "HEAD")  # parse_response fails on any body after a HEAD's headers
     assert (head.status, head.headers["allow"]) == (405, "GET")
+
+
+def test_a_regular_scraper_sees_every_figure_recorded_before_its_body_could_be_rendered_ahead(server, monitor):
+    """Scrapes 0.3 s apart on one connection (as Prometheus keeps one): from the third on, each body
+    is rendered ahead (exporter.scrapeahead), at most 0.15 s before the scrape; what was recorded
+    0.3 s before each scrape is in it."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    try:
+        seen = []
+        for i in range(1, 7):
+            monitor.iteration(iteration=i, tokens=256, timestamp=time.time())
+            time.sleep(0.3)
+            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+            response = conn.getresponse()
+            body = gzip.decompress(response.read()).decode()
+            seen.append(float(re.search(r"^nanogpt_iteration\{[^}]*\} (\S+)$", body, re.M).group(1)))
+        assert seen == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    finally:
+        conn.close()
 
 
 def test_a_kept_alive_connection_serves_one_request_after_another(server):

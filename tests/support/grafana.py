@@ -91,13 +91,15 @@ ALWAYS_FIRING = {"groups": [{"name": "grafana-panel-test", "rules": [{
     "labels": {"severity": "info"}, "annotations": {"summary": "test alert for the ALERTS panels"}}]}]}
 
 # What Prometheus must have seen before every panel can show something: evaluations and
-# checkpoints changing, the recorded ETA, the test alert, a recorded step-time rate and
-# the recorded process CPU (rate1m rules need two scrapes in their minute).
+# checkpoints changing, the recorded ETA, the test alert, a recorded step-time rate, the
+# recorded process CPU and the recorded shares of the wall clock (rate rules need two
+# scrapes in their window, and each rule group is evaluated on its own schedule).
 PANEL_DATA_READY = ('changes(nanogpt_eval_loss{split="val"}[5m]) > 0',
                     "changes(nanogpt_last_checkpoint_timestamp_seconds[5m]) > 0",
                     "nanogpt:eta_seconds", 'ALERTS{alertstate="firing"}',
                     'nanogpt:run_iteration_duration_seconds_bucket:rate1m{le="+Inf"} > 0',
-                    "nanogpt:process_cpu_seconds:rate1m")
+                    "nanogpt:process_cpu_seconds:rate1m",
+                    "nanogpt:goodput_ratio:rate5m", "nanogpt:data_wait_ratio:rate5m")
 # ... and, for the straggler panels and the spike annotation, a rank against the median (the
 # all-reduce wait of two gloo ranks) and a loss spike.
 DDP_PANEL_DATA_READY = (*PANEL_DATA_READY, "nanogpt:rank_relative_step_time:rate5m", "nanogpt_loss_spikes_total > 0")
