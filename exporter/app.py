@@ -218,10 +218,11 @@ class Monitor:
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus exposition as prometheus_client negotiates it (OpenMetrics, gzip, name[] filter);
         a regular scraper's body is rendered just before it asks (exporter.scrapeahead)."""
-        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        accept = request.headers.get("Accept")
+        content_type = choose_encoder(accept)[1]
         names = request.query.getall("name[]", None)
         zipped = gzip_accepted(request.headers.get("Accept-Encoding"))
-        what = (encoder, zipped, None if names is None else tuple(names))
+        what = (accept, zipped, None if names is None else tuple(names))  # equal for equal requests
         body = self.scrape_ahead.body(request.transport.get_extra_info("peername") if request.transport else None,
                                       what)
         return web.Response(body=body, headers={"Content-Type": content_type,
@@ -230,7 +231,8 @@ class Monitor:
     def _exposition(self, what: tuple) -> bytes:
         """A /metrics body, timed (nanogpt_exporter_scrape_duration_seconds: the render, not the answer)."""
         started = time.perf_counter()
-        encoder, zipped, names = what
+        accept, zipped, names = what
+        encoder = choose_encoder(accept)[0]
         registry = self.node.registry
         body = encoder(registry if names is None else registry.restricted_registry(names))
         body = gzip.compress(body) if zipped else body

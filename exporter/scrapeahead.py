@@ -59,7 +59,11 @@ class ScrapeAhead:
         self.served_ahead = 0  # scrapes answered with a body rendered before they came
 
     def body(self, connection: Hashable, what: Hashable) -> bytes:
-        """The body for this scrape, and the next one's render scheduled."""
+        """The body for this scrape, and the next one's render scheduled. `connection`: the client's
+        address (None, where the transport has none, is never rendered ahead); `what`: equal for two
+        requests for the same body (the render's argument)."""
+        if connection is None:
+            return self._render(what)
         now, key = time.monotonic(), (connection, what)
         scraper = self._scrapers.pop(key, None)
         if scraper is not None and scraper.body is not None and now - scraper.rendered <= scraper.max_age:

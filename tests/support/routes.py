@@ -13,6 +13,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from typing import Optional
+from unittest import mock
 
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -74,17 +75,27 @@ class Routes:
         self.app = self.monitor.app()
         self.app.freeze()
 
-    def get(self, path: str, headers: Optional[dict] = None, method: str = "GET") -> Answer:
-        return self.loop.run_until_complete(self._answer(method, path, headers or {}))
+    def get(self, path: str, headers: Optional[dict] = None, method: str = "GET", peer: object = None) -> Answer:
+        """`peer`: the client's address as the connection's transport reports it (one connection's
+        requests share it); by default each request is a connection of its own."""
+        return self.loop.run_until_complete(self._answer(method, path, headers or {}, peer))
+
+    def close(self) -> None:
+        """Cancel what the monitor scheduled on the loop (the renders ahead of regular scrapers)."""
+        self.monitor.scrape_ahead.close()
 
     def json(self, path: str) -> tuple[int, object]:
         """(status, parsed JSON body) of one GET."""
         answer = self.get(path)
         return answer.status, answer.json()
 
-    async def _answer(self, method: str, path: str, headers: dict) -> Answer:
+    async def _answer(self, method: str, path: str, headers: dict, peer: object) -> Answer:
         kept = _Kept()
-        request = make_mocked_request(method, path, headers, app=self.app, writer=kept, loop=self.loop)
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda name, default=None: (
+            peer if name == "peername" and peer is not None else default)
+        request = make_mocked_request(method, path, headers, app=self.app, writer=kept, loop=self.loop,
+                                      transport=transport)
         response = await self.app._handle(request)  # what aiohttp's server calls for each parsed request
         await response.prepare(request)  # a streamed answer (CSV) did both already: then these do nothing
         await response.write_eof()

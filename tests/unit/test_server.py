@@ -2,11 +2,13 @@
 JSON errors and the CSV export, on a request made in-process (tests/support/routes.py). What needs a
 socket (HEAD framing, keep-alive, event streams, shutdown, ports) is tests/integration/test_server.py."""
 
+import asyncio
 import contextlib
 import csv
 import gzip
 import io
 import json
+import re
 import time
 
 import pytest
@@ -32,7 +34,9 @@ def monitor(tmp_path):
 
 @pytest.fixture
 def routes(monitor, loop):
-    return routes_of(monitor, loop)
+    routes = routes_of(monitor, loop)
+    yield routes
+    routes.close()
 
 
 def train(monitor, iterations, start=1):
@@ -79,6 +83,26 @@ def test_metrics_name_filter_keeps_only_the_named_families(routes):
 def test_the_exporter_times_its_own_scrapes(routes, monitor):
     get(routes, "/metrics")
     assert read_back(monitor).value("nanogpt_exporter_scrape_duration_seconds", run_id="r1", rank="0") > 0
+
+
+def test_a_regular_scraper_is_answered_with_a_body_rendered_ahead_of_its_scrape(routes, monitor, loop):
+    scrapes = []
+    for i in range(1, 6):
+        train(monitor, 1, start=i)
+        loop.run_until_complete(asyncio.sleep(0.2))  # the server's loop runs meanwhile, as a server's does
+        answer = routes.get("/metrics", headers={"Accept-Encoding": "gzip"}, peer=("127.0.0.1", 40000))
+        scrapes.append(gzip.decompress(answer.body).decode())
+    assert routes.monitor.scrape_ahead.served_ahead == 3  # the interval is known from the second scrape
+    # each rendered ahead after the iteration recorded 0.2 s before its scrape
+    assert [re.search(r"^nanogpt_iteration\{[^}]*\} (\S+)$", body, re.M).group(1) for body in scrapes] == \
+        ["1.0", "2.0", "3.0", "4.0", "5.0"]
+
+
+def test_requests_without_a_client_address_are_rendered_each_time(routes, monitor, loop):
+    for _ in range(4):
+        get(routes, "/metrics")
+        loop.run_until_complete(asyncio.sleep(0.05))
+    assert routes.monitor.scrape_ahead.served_ahead == 0
 
 
 def test_an_answer_includes_every_event_recorded_before_the_request(routes, monitor):
