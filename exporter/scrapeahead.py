@@ -56,7 +56,12 @@ class ScrapeAhead:
                  on_error: Callable[[Exception], None]):
         self._render, self._before_render, self._on_error = render, before_render, on_error
         self._scrapers: OrderedDict[Hashable, _Scraper] = OrderedDict()
+        self._rendering: set[asyncio.Task] = set()  # held: the loop keeps only weak references to tasks
         self.served_ahead = 0  # scrapes answered with a body rendered before they came
+
+    def __len__(self) -> int:
+        """The scrapers remembered."""
+        return len(self._scrapers)
 
     def body(self, connection: Hashable, what: Hashable) -> bytes:
         """The body for this scrape, and the next one's render scheduled. `connection`: the client's
@@ -89,8 +94,12 @@ class ScrapeAhead:
         if scraper.interval is None or not 0 < scraper.interval <= MAX_INTERVAL_SECONDS:
             return
         delay = max(0.0, scraper.last + scraper.interval - scraper.lead - time.monotonic())
-        scraper.timer = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._render_ahead(key, scraper)))
+        scraper.timer = asyncio.get_running_loop().call_later(delay, self._start_render, key, scraper)
+
+    def _start_render(self, key: Hashable, scraper: _Scraper) -> None:
+        task = asyncio.ensure_future(self._render_ahead(key, scraper))
+        self._rendering.add(task)
+        task.add_done_callback(self._rendering.discard)
 
     async def _render_ahead(self, key: Hashable, scraper: _Scraper) -> None:
         scraper.timer, last = None, scraper.last
@@ -108,6 +117,8 @@ class ScrapeAhead:
             scraper.timer.cancel()
 
     def close(self) -> None:
-        """Cancel every scheduled render (the server is closing)."""
+        """Cancel every scheduled and running render (the server is closing)."""
         while self._scrapers:
             self._forget(next(iter(self._scrapers)))
+        for task in list(self._rendering):
+            task.cancel()

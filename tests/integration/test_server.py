@@ -6,7 +6,6 @@ import gzip
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 from exporter import PortInUseError
 from tests.support.procs import REPO, free_port, require, wait_until
 from tests.support.raw_http import ROUTES, parse_response
+from tests.support.recorded import scraped_value
 from tests.support.served import MonitorCli, recording, sample
 
 
@@ -91,7 +91,7 @@ def test_a_regular_scraper_sees_every_figure_recorded_before_its_body_could_be_r
             conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
             response = conn.getresponse()
             body = gzip.decompress(response.read()).decode()
-            seen.append(float(re.search(r"^nanogpt_iteration\{[^}]*\} (\S+)$", body, re.M).group(1)))
+            seen.append(scraped_value(body, "nanogpt_iteration", rank="0", run_id="r1"))
         assert seen == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     finally:
         conn.close()

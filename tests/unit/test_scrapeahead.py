@@ -134,7 +134,7 @@ def test_only_so_many_scrapers_are_remembered(loop, monkeypatch):
                 ahead.body(("127.0.0.1", port), "text")
             await asyncio.sleep(0.01)
     loop.run_until_complete(many())
-    assert len(ahead._scrapers) == 3
+    assert len(ahead) == 3
     ahead.close()
 
 

@@ -8,13 +8,12 @@ import csv
 import gzip
 import io
 import json
-import re
 import time
 
 import pytest
 
 from exporter import TrainingMonitor
-from tests.support.recorded import read_back
+from tests.support.recorded import read_back, scraped_value
 from tests.support.routes import routes_of
 from tests.support.served import MODEL, TREE, recording
 
@@ -94,8 +93,8 @@ def test_a_regular_scraper_is_answered_with_a_body_rendered_ahead_of_its_scrape(
         scrapes.append(gzip.decompress(answer.body).decode())
     assert routes.monitor.scrape_ahead.served_ahead == 3  # the interval is known from the second scrape
     # each rendered ahead after the iteration recorded 0.2 s before its scrape
-    assert [re.search(r"^nanogpt_iteration\{[^}]*\} (\S+)$", body, re.M).group(1) for body in scrapes] == \
-        ["1.0", "2.0", "3.0", "4.0", "5.0"]
+    assert [scraped_value(body, "nanogpt_iteration", rank="0", run_id="r1") for body in scrapes] == \
+        [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_requests_without_a_client_address_are_rendered_each_time(routes, monitor, loop):
